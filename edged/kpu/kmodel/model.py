@@ -1,0 +1,87 @@
+"""What a parsed kmodel is, whatever its version: tensors, layers and memory needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+DType = Literal["uint8", "float32"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An input or output tensor as the model declares it (planar, CHW for images)."""
+
+    shape: tuple[int, ...]
+    dtype: DType
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Base of every decoded layer (v3) or node (v4): where it is and what it is called."""
+
+    index: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Program:
+    """The executable part of a model; each version's parser extends it."""
+
+    layers: tuple[Layer, ...]
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One layer as reports and the chip-time estimate see it."""
+
+    index: int
+    op: str
+    on_kpu: bool
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    macs: int
+    elements: int
+    """Values the layer reads or writes: the work of a CPU layer."""
+
+
+@dataclass(frozen=True, eq=False)
+class Parsed:
+    """What a version's parser finds; :class:`KModel` adds the bytes and their identity."""
+
+    program: Program
+    main_mem: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    summaries: tuple[LayerSummary, ...]
+    kpu_ram_bytes: int
+
+
+@dataclass(frozen=True, eq=False)
+class KModel:
+    """A validated kmodel: the bytes, what it needs and the layers to execute."""
+
+    version: int
+    data: bytes
+    sha256: str
+    main_mem: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    program: Program
+    summaries: tuple[LayerSummary, ...]
+    kpu_ram_bytes: int
+    """The highest KPU RAM byte any layer touches; must fit the chip's 2 MiB."""
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def macs(self) -> int:
+        return sum(s.macs for s in self.summaries)
