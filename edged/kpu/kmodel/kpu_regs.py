@@ -267,7 +267,7 @@ def decode_activation(span: Span, offset: int) -> tuple[Int64Array, ...]:
     shift = w & 0xFF
     mul = (w >> 8) & 0xFFFF
     mul = np.where(mul >= 1 << 15, mul - (1 << 16), mul)
-    start = (words >> np.uint64(24)).astype(np.int64) & ((1 << 36) - 1)
+    start = (w >> 24) & ((1 << 36) - 1)
     start = np.where(start >= 1 << 35, start - (1 << 36), start)
     return start, mul, shift, biases.astype(np.int64)
 

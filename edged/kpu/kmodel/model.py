@@ -9,6 +9,9 @@ import numpy as np
 
 DType = Literal["uint8", "float32"]
 
+CHIP_SRAM_BYTES = 8 * 1024 * 1024
+"""All of the K210's SRAM: no model can ask for more working memory than this."""
+
 
 @dataclass(frozen=True)
 class TensorSpec:

@@ -25,7 +25,15 @@ from edged.kpu.kmodel.kpu_regs import (
     decode_conv,
     decode_layer_argument,
 )
-from edged.kpu.kmodel.model import DType, Layer, LayerSummary, Parsed, Program, TensorSpec
+from edged.kpu.kmodel.model import (
+    CHIP_SRAM_BYTES,
+    DType,
+    Layer,
+    LayerSummary,
+    Parsed,
+    Program,
+    TensorSpec,
+)
 from edged.kpu.kmodel.reader import Span
 
 HEADER_BYTES = 7 * 4
@@ -278,7 +286,7 @@ class _Memory:
     """Tracks, while parsing, what each main-memory range holds, to infer output shapes."""
 
     size: int
-    weight_dtype: type[np.unsignedinteger[npt.NBitBase]]
+    weight_dtype: npt.DTypeLike
     layer: int | None = 0
     tensors: dict[int, tuple[tuple[int, ...], DType]] | None = None
     kpu_high: int = 0
@@ -580,6 +588,10 @@ def parse_v3(data: bytes) -> Parsed:
         raise KmodelFormatError(f"arch {arch} is not the K210 KPU (0)", offset=8)
     if n_layers == 0:
         raise KmodelFormatError("a model with no layers", offset=12)
+    if main_mem > CHIP_SRAM_BYTES:
+        raise KmodelFormatError(
+            f"working memory of {main_mem} bytes is more than the K210's 8 MiB of SRAM",
+            offset=20)
     outputs_raw = whole.u32s(HEADER_BYTES, 2 * n_outputs, "output table")
     headers_at = HEADER_BYTES + 8 * n_outputs
     headers = whole.u32s(headers_at, 2 * n_layers, "layer headers")

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from edged.kpu.kmodel import v3
 from edged.kpu.kmodel.kpu_regs import KPU_RAM_BYTES, RowLayout
-from edged.kpu.kmodel.model import KModel
+from edged.kpu.kmodel.model import KModel, Layer
 from edged.kpu.sim.executor import LayerObserver, Rounding, check_inputs
 from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_download, kpu_upload
 
@@ -103,7 +103,7 @@ class V3Executor:
             for layer in self._program.layers
             if isinstance(layer, v3.Conv)
         }
-        self._steps: dict[type[v3.V3Layer], Callable[[Any], npt.NDArray[np.generic] | None]] = {
+        self._steps: dict[type[Layer], Callable[[Any], npt.NDArray[np.generic] | None]] = {
             v3.Conv: self._conv,
             v3.Add: self._add,
             v3.QuantizedAdd: self._quantized_add,

@@ -1,0 +1,278 @@
+"""The KPU kernels against plain loops written here from the SDK's definitions.
+
+The reference below follows ``kernels/k210/k210_kernels.h`` (``kpu_conv2d``,
+``kpu_pool2d``, ``kpu_upload``) and ``runtime_op_utility.h`` (``carry_shift``) line by line,
+in Python integers; the kernels under test must produce the same bytes for random
+parameters, including the edges: shift 0 and 15, negative arg_x and arg_w, any pad value,
+negative and saturating activation segments. Parameters stay where the C reference's int64
+arithmetic cannot overflow (its behaviour there is undefined), as every nncase layer does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edged.kpu.kmodel.kpu_regs import KpuConv, KpuLayerArgument, PoolType, RowLayout
+from edged.kpu.sim.executor import Rounding
+from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_download, kpu_pool, kpu_upload
+
+# --- the reference, from the SDK ----------------------------------------------------------
+
+
+def ref_carry_shift(value: int, shift: int, half_even: bool) -> int:
+    if shift <= 0:
+        return value
+    if half_even:  # carry_shift<int64_t, true>
+        integral = value >> shift
+        fractional = value & ((1 << shift) - 1)
+        sign = -1 if value < 0 else 1
+        half = 1 << (shift - 1)
+        if fractional < half:
+            return integral
+        if fractional > half:
+            return integral + sign
+        return integral + sign if integral & 1 else integral
+    value >>= shift - 1  # kpu_carry_shift
+    if value & 1:
+        return (value >> 1) - 1 if value < 0 else (value >> 1) + 1
+    return value >> 1
+
+
+def ref_conv(conv: KpuConv, x: npt.NDArray[np.uint8], half_even: bool) -> npt.NDArray[np.uint8]:
+    a = conv.arg
+    ic, h, w = x.shape
+    k = a.filter_size
+    pad = k // 2
+    groups = a.out_channels if a.depthwise else 1
+    g_ic = 1 if a.depthwise else ic
+    out = np.zeros((a.out_channels, h, w), np.uint8)
+    for oc in range(a.out_channels):
+        og = oc if a.depthwise else 0
+        weights = [int(v) for v in conv.weights[oc]]
+        for oy in range(h):
+            for ox in range(w):
+                value = sum_x = sum_w = 0
+                for c in range(g_ic):
+                    channel = og * g_ic + c if groups > 1 else c
+                    for ky in range(k):
+                        for kx in range(k):
+                            iy, ix = oy - pad + ky, ox - pad + kx
+                            xv = a.pad_value if not (0 <= iy < h and 0 <= ix < w) else int(
+                                x[channel, iy, ix])
+                            wv = weights[(c * k + ky) * k + kx]
+                            sum_x += xv
+                            sum_w += wv
+                            value += xv * wv
+                value += ((a.arg_x * sum_x) >> a.shift_x) + ((a.arg_w * sum_w) >> a.shift_w)
+                value += a.arg_add * g_ic
+                value = ((value * int(conv.bn_mul[oc])) >> int(conv.bn_shift[oc])) + int(
+                    conv.bn_add[oc])
+                seg = 15
+                while seg > 0 and not value > int(conv.act_start[seg]):
+                    seg -= 1
+                r = ref_carry_shift((value - int(conv.act_start[seg])) * int(conv.act_mul[seg]),
+                                    int(conv.act_shift[seg]), half_even) + int(conv.act_add[seg])
+                out[oc, oy, ox] = min(max(r, 0), 255)
+    return out
+
+
+def ref_pool(x: npt.NDArray[np.uint8], pool: PoolType) -> npt.NDArray[np.uint8]:
+    c, h, w = x.shape
+    size, stride = pool.filter, pool.stride
+    oh, ow = h // stride, w // stride
+    out = np.zeros((c, oh, ow), np.uint8)
+    for ch in range(c):
+        for oy in range(oh):
+            for ox in range(ow):
+                y0, x0 = oy * stride, ox * stride
+                if pool is PoolType.BYPASS:
+                    value = int(x[ch, y0, x0])
+                elif pool.name.startswith("MAX"):
+                    value = 0
+                    for ky in range(size):
+                        for kx in range(size):
+                            iy, ix = y0 + ky, x0 + kx
+                            v = int(x[ch, iy, ix]) if iy < h and ix < w else 0
+                            value = max(value, v)
+                elif pool.name.startswith("MEAN"):
+                    total = 0
+                    for ky in range(size):
+                        for kx in range(size):
+                            total += int(x[ch, min(y0 + ky, h - 1), min(x0 + kx, w - 1)])
+                    value = total // (size * size)
+                else:
+                    dx = 1 if pool is PoolType.RIGHT_TOP_2_S2 else 0
+                    value = int(x[ch, y0, x0 + dx]) if x0 + dx < w else 0
+                out[ch, oy, ox] = value
+    return out
+
+
+def ref_upload(ram: npt.NDArray[np.uint8], offset: int, fmap: npt.NDArray[np.uint8]) -> None:
+    c, h, w = fmap.shape
+    layout = RowLayout.for_width(w)
+    for oc in range(c):
+        origin = offset + oc // layout.groups * layout.row_len * h * 64
+        origin += oc % layout.groups * layout.row_pitch
+        for y in range(h):
+            start = origin + y * layout.row_len * 64
+            ram[start : start + w] = fmap[oc, y]
+
+
+# --- random layers --------------------------------------------------------------------------
+
+_BASE = KpuLayerArgument(
+    depthwise=False, src_addr=0, dst_addr=0, in_channels=1, out_channels=1,
+    out_channels_per_load=1, in_width=1, in_height=1, out_width=1, out_height=1, kernel_type=1,
+    pool_type=PoolType.BYPASS, pad_value=0, bwsx_base_addr=0, load_time=1, para_size=0,
+    para_start_addr=0, channel_switch_addr=0, row_switch_addr=0, coef_group=0, active_addr=0,
+    wb_channel_switch_addr=0, wb_row_switch_addr=0, wb_group=0, shift_w=0, shift_x=0, arg_w=0,
+    arg_x=0, arg_add=0, send_data_out=0, channel_byte_num=0, dma_total_byte=0,
+)
+
+
+def random_conv(rng: np.random.Generator, *, depthwise: bool, k: int, ic: int, oc: int, h: int,
+                w: int, pool: PoolType = PoolType.BYPASS) -> KpuConv:
+    if depthwise:
+        oc = ic
+    arg = dataclasses.replace(
+        _BASE, depthwise=depthwise, in_channels=ic, out_channels=oc, in_width=w, in_height=h,
+        out_width=w // pool.stride, out_height=h // pool.stride, kernel_type=int(k == 3),
+        pool_type=pool, pad_value=int(rng.integers(0, 256)),
+        shift_x=int(rng.choice([0, 15, int(rng.integers(0, 16))])),
+        shift_w=int(rng.choice([0, 15, int(rng.integers(0, 16))])),
+        arg_x=int(rng.integers(-(1 << 23), 1 << 23)), arg_w=int(rng.integers(-(1 << 23), 1 << 23)),
+        arg_add=int(rng.integers(-(1 << 30), 1 << 30) >> int(rng.integers(0, 30))),
+    )
+    taps = k * k * (1 if depthwise else ic)
+    # batch-norm gains up to 2: values stay where the C reference's int64 cannot overflow
+    bn_shift = rng.integers(0, 16, oc)
+    bn_mul = np.array([rng.integers(-(2 << int(s)), 2 << int(s)) for s in bn_shift], np.int64)
+    starts = np.sort(rng.integers(-(1 << 30), 1 << 30, 16))
+    starts[0] = -(1 << 35)
+    return KpuConv(
+        arg=arg,
+        weights=rng.integers(0, 256, (oc, taps)).astype(np.uint8),
+        bn_mul=bn_mul,
+        bn_shift=bn_shift.astype(np.int64),
+        bn_add=rng.integers(-(1 << 31), 1 << 31, oc).astype(np.int64),
+        act_start=starts.astype(np.int64),
+        act_mul=rng.integers(-(1 << 15), 1 << 15, 16).astype(np.int64),
+        act_shift=rng.integers(0, 40, 16).astype(np.int64),
+        act_add=rng.integers(0, 256, 16).astype(np.int64),
+    )
+
+
+def nncase_like_conv(rng: np.random.Generator, *, k: int, ic: int, oc: int, h: int, w: int,
+                     pool: PoolType) -> KpuConv:
+    """A layer shaped like nncase's output (ReLU table, positive bn), where the kernels use
+    their lookup-table and pool-before-activation paths."""
+    conv = random_conv(rng, depthwise=False, k=k, ic=ic, oc=oc, h=h, w=w, pool=pool)
+    mul = np.zeros(16, np.int64)
+    mul[10] = 1024
+    shift = np.zeros(16, np.int64)
+    shift[10] = 20
+    starts = np.array([-(1 << 35), -9, -8, -7, -6, -5, -4, -3, -2, -1, 0] + [(1 << 35) - 16 + i
+                      for i in range(5)], np.int64)
+    # values spread over the table's linear stretch: no extra terms, gains near 1
+    arg = dataclasses.replace(conv.arg, arg_x=0, arg_w=0, arg_add=0)
+    return dataclasses.replace(
+        conv, arg=arg, bn_mul=rng.integers(1 << 13, 1 << 14, oc).astype(np.int64),
+        bn_shift=np.full(oc, 15, np.int64),
+        bn_add=rng.integers(-(1 << 17), 0, oc).astype(np.int64), act_start=starts,
+        act_mul=mul, act_shift=shift, act_add=np.zeros(16, np.int64),
+    )
+
+
+ROUNDINGS: list[Rounding] = ["half-even", "half-up"]
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize(("depthwise", "k"), [(False, 1), (False, 3), (True, 1), (True, 3)])
+def test_conv_matches_reference(depthwise: bool, k: int, rounding: Rounding) -> None:
+    rng = np.random.default_rng(1000 * k + depthwise)
+    for trial in range(4):
+        ic = int(rng.integers(1, 5))
+        conv = random_conv(rng, depthwise=depthwise, k=k, ic=ic, oc=int(rng.integers(1, 5)),
+                           h=int(rng.integers(1, 7)), w=int(rng.integers(1, 9)))
+        x = rng.integers(0, 256, (ic, conv.arg.in_height, conv.arg.in_width)).astype(np.uint8)
+        if trial == 0:
+            x[:] = 255  # the largest sums
+        got = PreparedConv.from_conv(conv, rounding).run(x)
+        np.testing.assert_array_equal(got, ref_conv(conv, x, rounding == "half-even"))
+
+
+def test_long_sums_are_split_exactly() -> None:
+    """More than 1024 products per output: the float32 GEMM is chunked and stays exact."""
+    rng = np.random.default_rng(5)
+    conv = random_conv(rng, depthwise=False, k=3, ic=130, oc=3, h=3, w=4)
+    x = rng.integers(0, 256, (130, 3, 4)).astype(np.uint8)
+    prepared = PreparedConv.from_conv(conv, "half-even")
+    assert prepared.w_centred is not None
+    assert len(prepared.w_centred) == 2
+    np.testing.assert_array_equal(prepared.run(x), ref_conv(conv, x, True))
+
+
+@pytest.mark.parametrize("pool", list(PoolType))
+def test_conv_with_pool_matches_reference(pool: PoolType) -> None:
+    """Both the generic path and the lookup-table path that pools before the activation."""
+    rng = np.random.default_rng(int(pool))
+    generic = random_conv(rng, depthwise=False, k=3, ic=2, oc=3, h=8, w=9, pool=pool)
+    tabled = nncase_like_conv(rng, k=3, ic=2, oc=3, h=8, w=9, pool=pool)
+    for conv in (generic, tabled):
+        x = rng.integers(0, 256, (2, 8, 9)).astype(np.uint8)
+        prepared = PreparedConv.from_conv(conv, "half-even")
+        expected = ref_pool(ref_conv(conv, x, True), pool)
+        np.testing.assert_array_equal(prepared.run(x), expected)
+    # the nncase-like layer takes the table path, and pools first where that commutes
+    assert prepared.lut is not None
+    assert prepared.pool_first == (pool.name.startswith(("MAX", "LEFT", "RIGHT")))
+    assert len(np.unique(ref_conv(tabled, x, True))) > 2  # values span the table's range
+
+
+@pytest.mark.parametrize("pool", list(PoolType))
+def test_pool_matches_reference(pool: PoolType) -> None:
+    rng = np.random.default_rng(50 + int(pool))
+    for h, w in [(8, 8), (7, 9), (4, 5), (16, 3)]:
+        x = rng.integers(0, 256, (3, h, w)).astype(np.uint8)
+        np.testing.assert_array_equal(kpu_pool(x, pool), ref_pool(x, pool))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(-(1 << 40), 1 << 40), st.integers(0, 40), st.booleans())
+def test_carry_shift_matches_reference(value: int, shift: int, half_even: bool) -> None:
+    """The activation's rounding, through a one-segment table: mul 1, add 0."""
+    rng = np.random.default_rng(0)
+    conv = random_conv(rng, depthwise=True, k=1, ic=1, oc=1, h=1, w=1)
+    from edged.kpu.sim.kpu_kernels import Activation
+
+    starts = np.full(16, 1 << 34, np.int64)
+    starts[0] = -(1 << 35)
+    table = dataclasses.replace(conv, act_start=starts, act_mul=np.ones(16, np.int64),
+                                act_shift=np.full(16, shift, np.int64),
+                                act_add=np.zeros(16, np.int64))
+    act = Activation.from_conv(table, "half-even" if half_even else "half-up")
+    v = value - (1 << 35) if value > 0 else value
+    got = int(act(np.array([v], np.int64))[0])
+    want = min(max(ref_carry_shift(v + (1 << 35), shift, half_even), 0), 255)
+    assert got == want
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (3, 5, 7), (5, 4, 16), (5, 4, 17), (2, 3, 32), (3, 2, 33), (7, 2, 64),
+              (2, 3, 130), (9, 3, 10)],
+)
+def test_upload_and_download_follow_the_row_layout(shape: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    fmap = rng.integers(0, 256, shape).astype(np.uint8)
+    ram = np.zeros(1 << 16, np.uint8)
+    expected = np.zeros_like(ram)
+    kpu_upload(ram, 640, fmap)
+    ref_upload(expected, 640, fmap)
+    np.testing.assert_array_equal(ram, expected)
+    np.testing.assert_array_equal(kpu_download(ram, 640, *shape), fmap)
