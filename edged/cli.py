@@ -1,0 +1,123 @@
+"""The ``edged`` command: one entry point, a subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edged import __version__
+from edged.kpu.errors import KpuError
+from edged.kpu.kmodel import KModel, load_kmodel
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out; printed without a traceback."""
+
+
+def _load(path: str) -> KModel:
+    try:
+        return load_kmodel(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read kmodel {path}: {exc.strerror or exc}") from exc
+
+
+def _read_input(model: KModel, path: str) -> list[npt.NDArray[np.generic]]:
+    """A ``.npy`` as it is, or an image fitted to the model's input (planar RGB or grey)."""
+    if path.endswith(".npy"):
+        try:
+            return [np.load(path)]
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {path}: {exc}") from exc
+    import cv2  # noqa: PLC0415 - only images need OpenCV
+
+    from edged.vision.preprocess import ColorOrder, InputSpec, preprocess  # noqa: PLC0415
+
+    spec = model.inputs[0]
+    if spec.dtype != "uint8" or len(spec.shape) < 3 or spec.shape[-3] not in (1, 3):
+        raise UsageError(f"the model takes {spec.dtype}{list(spec.shape)}: give a .npy file")
+    raw = cv2.imread(path, cv2.IMREAD_COLOR)
+    if raw is None:
+        raise UsageError(f"cannot read image {path}")
+    frame = raw.astype(np.uint8, copy=False)
+    color = ColorOrder.RGB if spec.shape[-3] == 3 else ColorOrder.GRAY
+    tensor = preprocess(frame, InputSpec(spec.shape[-1], spec.shape[-2], color)).tensor
+    return [tensor.reshape(spec.shape)]
+
+
+def _kpu_info(args: argparse.Namespace) -> int:
+    from edged.kpu.report import describe  # noqa: PLC0415
+
+    print(describe(_load(args.model), Path(args.model).name))
+    return 0
+
+
+def _kpu_run(args: argparse.Namespace) -> int:
+    from edged.kpu.sim.executor import create_executor  # noqa: PLC0415
+
+    model = _load(args.model)
+    outputs = create_executor(model, rounding=args.rounding).run(_read_input(model, args.input))
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, value in enumerate(outputs):
+        target = out_dir / f"output_{i}.npy"
+        np.save(target, value)
+        flat = value.reshape(-1)
+        print(f"output {i}: {value.dtype}{list(value.shape)} min {flat.min()} max {flat.max()} "
+              f"argmax {int(flat.argmax())} -> {target}")
+    return 0
+
+
+def _kpu_profile(args: argparse.Namespace) -> int:
+    from edged.kpu.report import profile, random_inputs  # noqa: PLC0415
+
+    model = _load(args.model)
+    inputs = _read_input(model, args.input) if args.input else random_inputs(model)
+    print(profile(model, inputs, args.repeat))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edged", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edged {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    kpu = commands.add_parser("kpu", help="inspect and run kmodels on the simulated KPU")
+    kpu_commands = kpu.add_subparsers(dest="kpu_command", required=True)
+    info = kpu_commands.add_parser("info", help="header, layers, MACs, SRAM fit, chip time")
+    info.add_argument("model", help="a .kmodel file (v3 or v4)")
+    info.set_defaults(handler=_kpu_info)
+
+    run = kpu_commands.add_parser("run", help="run one input and write the outputs as .npy")
+    run.add_argument("model", help="a .kmodel file (v3 or v4)")
+    run.add_argument("--input", required=True,
+                     help="an image (fitted to the model's input) or a .npy in its exact layout")
+    run.add_argument("--output", default=".", help="folder for output_<i>.npy (default: .)")
+    run.add_argument("--rounding", choices=["half-even", "half-up"], default="half-even",
+                     help="activation rounding on exact ties (default: nncase 0.2's half-even)")
+    run.set_defaults(handler=_kpu_run)
+
+    prof = kpu_commands.add_parser("profile", help="per layer: MACs, chip estimate, sim time")
+    prof.add_argument("model", help="a .kmodel file (v3 or v4)")
+    prof.add_argument("--input", help="an image or .npy (default: random input)")
+    prof.add_argument("--repeat", type=int, default=20, help="timed runs (default: 20)")
+    prof.set_defaults(handler=_kpu_profile)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except (KpuError, UsageError) as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
