@@ -253,6 +253,40 @@ def _depthwise(
 
 
 @numba.njit(nogil=True, cache=True)
+def _depthwise_lut(
+    x: UInt8Array, weights: npt.NDArray[np.int64], k: int, pad_value: int, arg_x: int,
+    shift_x: int, w_term: Int64Array, bn_mul: Int64Array, bn_shift: Int64Array,
+    bn_add: Int64Array, lo: int, lut: UInt8Array, out: UInt8Array,
+) -> None:  # pragma: no cover - jitted
+    """Depthwise convolution, batch-norm and table activation in one pass, a row at a time
+    (the row sums stay in L1; no per-value int64 array is written)."""
+    c, h, w = x.shape
+    pad = k // 2
+    padded = np.full((h + 2 * pad, w + 2 * pad), np.int32(pad_value))
+    row_acc = np.empty(w, np.int32)
+    row_sum = np.empty(w, np.int32)
+    last = lut.size - 1
+    for ch in range(c):
+        padded[pad : pad + h, pad : pad + w] = x[ch]
+        wt, m, sh, ad = w_term[ch], bn_mul[ch], bn_shift[ch], bn_add[ch]
+        for y in range(h):
+            row_acc[:] = 0
+            row_sum[:] = 0
+            for ky in range(k):
+                row = padded[y + ky]
+                for kx in range(k):
+                    wk = np.int32(weights[ch, ky * k + kx])
+                    for xx in range(w):
+                        value = row[xx + kx]
+                        row_acc[xx] += value * wk
+                        row_sum[xx] += value
+            for xx in range(w):
+                total = np.int64(row_acc[xx]) + ((arg_x * np.int64(row_sum[xx])) >> shift_x) + wt
+                index = ((total * m) >> sh) + ad - lo
+                out[ch, y, xx] = lut[min(max(index, 0), last)]
+
+
+@numba.njit(nogil=True, cache=True)
 def _lookup(values: Int64Array, lo: int, lut: UInt8Array, out: UInt8Array) -> None:
     """``out = lut[clip(values - lo)]``: the activation of values already batch-normed."""
     last = lut.size - 1
@@ -387,6 +421,13 @@ class PreparedConv:
         arg, conv = self.conv.arg, self.conv
         _, h, w = x.shape
         n = h * w
+        if arg.depthwise and self.lut is not None:
+            assert self.w_int is not None
+            activated = np.empty((arg.out_channels, h, w), np.uint8)
+            _depthwise_lut(x, self.w_int, arg.filter_size, arg.pad_value, arg.arg_x,
+                           arg.shift_x, self.w_term, conv.bn_mul, conv.bn_shift, conv.bn_add,
+                           self.lut[0], self.lut[1], activated)
+            return kpu_pool(activated, arg.pool_type)
         if arg.depthwise:
             assert self.w_int is not None
             sums = np.empty((arg.in_channels, n), np.int64)
