@@ -58,5 +58,7 @@ def test_latency_percentiles() -> None:
     for ms in range(1, 101):
         window.add(ms / 1000)
     p50, p99 = window.percentiles_ms(0.5, 0.99)
-    assert p50 is not None and 49 <= p50 <= 51
-    assert p99 is not None and 98 <= p99 <= 100
+    assert p50 is not None
+    assert 49 <= p50 <= 51
+    assert p99 is not None
+    assert 98 <= p99 <= 100
