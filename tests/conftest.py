@@ -7,6 +7,7 @@ missing, never passes silently.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import settings
+
+# CI runs must be reproducible: hypothesis derandomises there (CI=true), explores locally.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 PROJECT = Path(__file__).resolve().parent.parent
 FIXTURES = PROJECT.parent / "shared" / "fixtures"
@@ -70,3 +77,28 @@ def golden_cases(model: str) -> list[GoldenCase]:
 
 V3_MODELS = ["iris_v3", "maixpy_facedetect_v3", "maixpy_mnist_v3", "voc20_yolo2_v3"]
 V4_MODELS = ["iris_v4", "ultraface_v4", "voc20_yolo2_v4"]
+
+
+# MQTT: a real broker in its own process on a free loopback port (see tests/broker.py).
+# Imported here rather than at the top so that this block stays one appendable unit.
+from collections.abc import Iterator  # noqa: E402
+
+from tests.broker import Broker  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One broker for the session; tests must not stop it (use ``fresh_broker`` for that)."""
+    with Broker(tmp_path_factory.mktemp("mqtt-broker")) as broker:
+        yield broker
+
+
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of the test's own, to kill and restart at will."""
+    broker = Broker(tmp_path)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()

@@ -73,8 +73,10 @@ def ref_conv(conv: KpuConv, x: npt.NDArray[np.uint8], half_even: bool) -> npt.ND
                 value += a.arg_add * g_ic
                 value = ((value * int(conv.bn_mul[oc])) >> int(conv.bn_shift[oc])) + int(
                     conv.bn_add[oc])
+                # nncase 0.2: start < value; nncase 0.1 (half-up): start <= value
                 seg = 15
-                while seg > 0 and not value > int(conv.act_start[seg]):
+                while seg > 0 and not (value > int(conv.act_start[seg]) or (
+                        not half_even and value == int(conv.act_start[seg]))):
                     seg -= 1
                 r = ref_carry_shift((value - int(conv.act_start[seg])) * int(conv.act_mul[seg]),
                                     int(conv.act_shift[seg]), half_even) + int(conv.act_add[seg])
@@ -276,3 +278,25 @@ def test_upload_and_download_follow_the_row_layout(shape: tuple[int, int, int]) 
     ref_upload(expected, 640, fmap)
     np.testing.assert_array_equal(ram, expected)
     np.testing.assert_array_equal(kpu_download(ram, 640, *shape), fmap)
+
+
+def test_a_value_on_a_segment_start_follows_each_reference() -> None:
+    """nncase 0.2 needs start < value; nncase 0.1 (the half-up reference) start <= value."""
+    from edged.kpu.sim.kpu_kernels import Activation
+
+    rng = np.random.default_rng(0)
+    conv = random_conv(rng, depthwise=True, k=1, ic=1, oc=1, h=1, w=1)
+    starts = np.array([-(1 << 35)] + [1000 + i for i in range(15)], np.int64)
+    adds = np.zeros(16, np.int64)
+    adds[1] = 100  # segment 1 starts at 1000 and outputs 100; segment 0 outputs 0
+    table = dataclasses.replace(conv, act_start=starts, act_mul=np.zeros(16, np.int64),
+                                act_shift=np.zeros(16, np.int64), act_add=adds)
+    on_start = np.array([1000], np.int64)
+    assert Activation.from_conv(table, "half-even")(on_start)[0] == 0
+    assert Activation.from_conv(table, "half-up")(on_start)[0] == 100
+    for rounding in ROUNDINGS:
+        lut = Activation.from_conv(table, rounding).lookup_table(900, 1100)
+        assert lut is not None
+        lo, values = lut
+        expected = 0 if rounding == "half-even" else 100
+        assert values[min(max(1000 - lo, 0), len(values) - 1)] == expected

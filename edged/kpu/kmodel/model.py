@@ -12,6 +12,10 @@ DType = Literal["uint8", "float32"]
 CHIP_SRAM_BYTES = 8 * 1024 * 1024
 """All of the K210's SRAM: no model can ask for more working memory than this."""
 
+MAX_TENSORS = 64
+"""A bound on a model's declared inputs and outputs, so that a forged count cannot make a
+parser build thousands of tensor descriptions from a small file."""
+
 
 @dataclass(frozen=True)
 class TensorSpec:

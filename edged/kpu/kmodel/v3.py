@@ -27,6 +27,7 @@ from edged.kpu.kmodel.kpu_regs import (
 )
 from edged.kpu.kmodel.model import (
     CHIP_SRAM_BYTES,
+    MAX_TENSORS,
     DType,
     Layer,
     LayerSummary,
@@ -204,8 +205,8 @@ class ChannelOp(V3Layer):
 @dataclass(frozen=True)
 class Concat(V3Layer):
     out: int
-    inputs: tuple[tuple[int, int], ...]
-    """(start, size) byte ranges, copied one after the other."""
+    inputs: npt.NDArray[np.uint32]
+    """(n, 2): (start, size) byte ranges, copied one after the other."""
 
 
 @dataclass(frozen=True)
@@ -456,16 +457,16 @@ def _channel_op(span: Span, idx: int, t: V3LayerType,
 def _concat(span: Span, idx: int, t: V3LayerType,
             mem: _Memory) -> tuple[V3Layer, LayerSummary]:
     _, out, count = span.u32s(span.start, 3, "concat")
-    flat = span.u32s(span.start + 12, 2 * count, "concat inputs")
-    inputs = tuple(zip(flat[::2], flat[1::2], strict=True))
-    total = 0
-    for start, size in inputs:
-        mem.check(start, size, "concat input", span.start)
-        total += size
+    inputs = span.array(span.start + 12, np.uint32, 2 * count, "concat inputs").reshape(-1, 2)
+    ends = inputs[:, 0].astype(np.int64) + inputs[:, 1].astype(np.int64)
+    if count and int(ends.max()) > mem.size:
+        bad = int(np.argmax(ends > mem.size))
+        mem.check(int(inputs[bad, 0]), int(inputs[bad, 1]), f"concat input {bad}", span.start)
+    total = int(inputs[:, 1].astype(np.int64).sum())
     dtype: DType = "uint8" if t is V3LayerType.QUANTIZED_CONCAT or total % 4 else "float32"
     count_out = total // np.dtype(dtype).itemsize
     mem.write(out, (count_out,), dtype, span.start, "concat output")
-    layer = Concat(idx, span.start, t, out, inputs)
+    layer = Concat(idx, span.start, t, out, inputs)  # type: ignore[arg-type]
     return layer, _summary(layer, (total,), (count_out,))
 
 
@@ -592,16 +593,20 @@ def parse_v3(data: bytes) -> Parsed:
         raise KmodelFormatError(
             f"working memory of {main_mem} bytes is more than the K210's 8 MiB of SRAM",
             offset=20)
+    if n_outputs > MAX_TENSORS:
+        raise KmodelFormatError(f"{n_outputs} outputs: more than any K210 model declares "
+                                f"(at most {MAX_TENSORS} accepted)", offset=24)
     outputs_raw = whole.u32s(HEADER_BYTES, 2 * n_outputs, "output table")
     headers_at = HEADER_BYTES + 8 * n_outputs
-    headers = whole.u32s(headers_at, 2 * n_layers, "layer headers")
+    # a numpy view, not Python ints: a forged count costs no more than the file backs
+    headers = whole.array(headers_at, np.uint32, 2 * n_layers, "layer headers")
     # flags bit 0 is the KPU's eight_bit_mode; otherwise weights are 16 bits wide.
     mem = _Memory(main_mem, np.uint8 if flags & 1 else np.uint16, tensors={})
     layers: list[V3Layer] = []
     summaries: list[LayerSummary] = []
     body = headers_at + 8 * n_layers
     for idx in range(n_layers):
-        raw_type, size = headers[2 * idx], headers[2 * idx + 1]
+        raw_type, size = int(headers[2 * idx]), int(headers[2 * idx + 1])
         mem.layer = idx
         # body_size may count alignment padding past the end of the file (iris_v3's last
         # layer does): the body's own fields are what must be there, and they are checked.

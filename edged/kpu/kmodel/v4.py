@@ -21,6 +21,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +38,7 @@ from edged.kpu.kmodel.kpu_regs import (
 )
 from edged.kpu.kmodel.model import (
     CHIP_SRAM_BYTES,
+    MAX_TENSORS,
     DType,
     Layer,
     LayerSummary,
@@ -651,7 +653,7 @@ class _Node:
                             "each must be at least 1", at)
         return Window(fh, fw, sh, sw, dh, dw, (pads[0], pads[1]), (pads[2], pads[3]))
 
-    def array(self, dtype: npt.DTypeLike, count: int, what: str) -> npt.NDArray[np.generic]:
+    def array(self, dtype: npt.DTypeLike, count: int, what: str) -> npt.NDArray[Any]:
         values = self.span.array(self.pos, dtype, count, f"{self.name} {what}")
         self.pos += values.nbytes
         return values
@@ -760,14 +762,16 @@ def _binary(n: _Node) -> _Parsed:
         node: V4Node = Binary(*_where(n), a, b, out, op, a_shape, b_shape, out_shape,
                               n.activation())
     else:
-        params = n.ints("9i", "quantization parameters")
-        for name, shift in (("input_a", params[2]), ("input_b", params[5]),
-                            ("output", params[8])):
+        at = n.pos
+        a_off, a_mul, a_shift, b_off, b_mul, b_shift, out_off, out_mul, out_shift = n.ints(
+            "9i", "quantization parameters")
+        for name, shift in (("input_a", a_shift), ("input_b", b_shift), ("output", out_shift)):
             if not 0 <= shift < 64:
                 raise n.fail(f"{name} shift {shift} is outside 0..63 (the runtime shifts an "
-                             "int64 by it as a uint8)")
-        node = QuantizedBinary(*_where(n), a, b, out, op, a_shape, b_shape, out_shape,
-                               *params)
+                             "int64 by it as a uint8)", at)
+        node = QuantizedBinary(*_where(n), a, b, out, op, a_shape, b_shape, out_shape, a_off,
+                               a_mul, a_shift, b_off, b_mul, b_shift, out_off, out_mul,
+                               out_shift)
     return node, _summary(n, a_shape, written)
 
 
@@ -786,6 +790,16 @@ def _concat(n: _Node) -> _Parsed:
              else None)
     node = Concat(*_where(n), out, inner, outer, inputs, dims)
     return node, _summary(n, (total,), (total,))
+
+
+def _requant_params(n: _Node) -> tuple[int, int, int, int, int]:
+    """input offset, filter offset, output mul, output shift, output offset."""
+    at = n.pos
+    in_off, w_off, mul, shift, out_off = n.ints("5i", "quantization parameters")
+    if not 0 <= shift < 64:
+        raise n.fail(f"output shift {shift} is outside 0..63 (the runtime shifts an int64 by "
+                     "it as a uint8)", at)
+    return in_off, w_off, mul, shift, out_off
 
 
 def _grouped(n: _Node, in_channels: int, out_channels: int, groups: int) -> None:
@@ -812,19 +826,16 @@ def _conv2d(n: _Node) -> _Parsed:
     n.writes(out, _count(out_shape) * size, "output", out_shape)
     node: V4Node
     if quantized:
-        params = n.ints("5i", "quantization parameters")
-        if not 0 <= params[3] < 64:
-            raise n.fail(f"output shift {params[3]} is outside 0..63")
+        in_off, w_off, mul, shift, out_off = _requant_params(n)
         bias = n.array(np.int32, oc, "bias")
         weights = n.array(np.uint8, taps, "weights")
-        node = QuantizedConv2d(*_where(n), inp, out, in_shape, groups, oc, window, *params,
-                               bias, weights)  # type: ignore[arg-type]
+        node = QuantizedConv2d(*_where(n), inp, out, in_shape, groups, oc, window, in_off,
+                               w_off, mul, shift, out_off, bias, weights)
     else:
         act = n.activation()
         weights = n.array(np.float32, taps, "weights")
         bias = n.array(np.float32, oc, "bias")
-        node = Conv2d(*_where(n), inp, out, in_shape, groups, oc, window, act,
-                      weights, bias)  # type: ignore[arg-type]
+        node = Conv2d(*_where(n), inp, out, in_shape, groups, oc, window, act, weights, bias)
     macs = _count(out_shape) * (in_shape[1] // groups) * window.filter_h * window.filter_w
     return node, _summary(n, in_shape, out_shape, macs=macs)
 
@@ -846,7 +857,7 @@ def _conv2d_transpose(n: _Node) -> _Parsed:
     weights = n.array(np.float32, taps, "weights")
     bias = n.array(np.float32, out_shape[1], "bias")
     node = Conv2dTranspose(*_where(n), inp, out, in_shape, out_shape, groups, window, act,
-                           weights, bias)  # type: ignore[arg-type]
+                           weights, bias)
     macs = _count(in_shape) * (out_shape[1] // groups) * window.filter_h * window.filter_w
     return node, _summary(n, in_shape, out_shape, macs=macs)
 
@@ -884,17 +895,14 @@ def _matmul(n: _Node) -> _Parsed:
     n.writes(out, rows * b_cols * size, "output", (rows, b_cols))
     node: V4Node
     if quantized:
-        params = n.ints("5i", "quantization parameters")
-        if not 0 <= params[3] < 64:
-            raise n.fail(f"output shift {params[3]} is outside 0..63")
+        a_off, b_off, mul, shift, out_off = _requant_params(n)
         bias = n.array(np.int32, b_cols, "bias")
-        node = QuantizedMatMul(*_where(n), a, b, out, rows, cols, b_cols, *params,
-                               bias)  # type: ignore[arg-type]
+        node = QuantizedMatMul(*_where(n), a, b, out, rows, cols, b_cols, a_off, b_off, mul,
+                               shift, out_off, bias)
     else:
         act = n.activation()
         bias = n.array(np.float32, b_cols, "bias")
-        node = MatMul(*_where(n), a, b, out, rows, cols, b_cols, act,
-                      bias)  # type: ignore[arg-type]
+        node = MatMul(*_where(n), a, b, out, rows, cols, b_cols, act, bias)
     return node, _summary(n, (rows, cols), (rows, b_cols), macs=rows * cols * b_cols)
 
 
@@ -1122,19 +1130,17 @@ def _cpu_conv2d(n: _Node) -> _Parsed:
     n.writes(out, _count(out_shape) * size, "output", out_shape)
     node: V4Node
     if quantized:
-        params = n.ints("5i", "quantization parameters")
-        if not 0 <= params[3] < 64:
-            raise n.fail(f"output shift {params[3]} is outside 0..63")
+        in_off, w_off, mul, shift, out_off = _requant_params(n)
         weights = n.array(np.uint8, oc * taps, "weights")
         bias = n.array(np.int32, oc, "bias")
-        node = CpuQuantizedConv2d(*_where(n), inp, out, in_shape, oc, window, *params,
-                                  weights, bias, depthwise)  # type: ignore[arg-type]
+        node = CpuQuantizedConv2d(*_where(n), inp, out, in_shape, oc, window, in_off, w_off,
+                                  mul, shift, out_off, weights, bias, depthwise)
     else:
         act = n.activation()
         weights = n.array(np.float32, oc * taps, "weights")
         bias = n.array(np.float32, oc, "bias")
-        node = CpuConv2d(*_where(n), inp, out, in_shape, oc, window, act, weights,
-                         bias, depthwise)  # type: ignore[arg-type]
+        node = CpuConv2d(*_where(n), inp, out, in_shape, oc, window, act, weights, bias,
+                         depthwise)
     return node, _summary(n, in_shape, out_shape, macs=_count(out_shape) * taps)
 
 
@@ -1229,6 +1235,10 @@ def parse_v4(data: bytes) -> Parsed:
     if main_mem > CHIP_SRAM_BYTES:
         raise KmodelFormatError(f"main_mem of {main_mem} bytes is more than the K210's 8 MiB "
                                 "of SRAM", offset=20)
+    if max(n_inputs, n_outputs) > MAX_TENSORS:
+        raise KmodelFormatError(f"{n_inputs} inputs and {n_outputs} outputs: more than any "
+                                f"K210 model declares (at most {MAX_TENSORS} accepted)",
+                                offset=28)
     if n_inputs == 0 or n_outputs == 0:
         raise KmodelFormatError(f"a model with {n_inputs} inputs and {n_outputs} outputs",
                                 offset=28)
@@ -1259,12 +1269,13 @@ def parse_v4(data: bytes) -> Parsed:
     whole.check(constants_at, constants, "constants")
     at += constants
     headers_at = at
-    headers = whole.u32s(headers_at, 2 * n_nodes, "node headers")
+    # a numpy view, not Python ints: a forged count costs no more than the file backs
+    headers = whole.array(headers_at, np.uint32, 2 * n_nodes, "node headers")
     body = headers_at + NODE_HEADER_BYTES * n_nodes
     nodes: list[V4Node] = []
     summaries: list[LayerSummary] = []
     for idx in range(n_nodes):
-        raw, size = headers[2 * idx], headers[2 * idx + 1]
+        raw, size = int(headers[2 * idx]), int(headers[2 * idx + 1])
         header_at = headers_at + NODE_HEADER_BYTES * idx
         try:
             opcode = Opcode(raw)

@@ -16,8 +16,10 @@ Rounding = Literal["half-even", "half-up"]
 
 ``half-even`` is nncase 0.2's reference (``carry_shift<int64_t, true>`` in
 ``k210_kernels.h``), the default; ``half-up`` is the SDK's ``kpu_carry_shift`` and the
-emulator of nncase 0.1. Public sources do not say which the silicon does; the two differ by
-one LSB on exact ties and never change a detection on the fixture models.
+emulator of nncase 0.1, which also picks the activation segment inclusively (the highest
+with ``start <= value``, where nncase 0.2 needs ``start < value``). Public sources do not
+say which the silicon does; the two differ by one LSB on exact ties and never change a
+detection on the fixture models.
 """
 
 LayerObserver = Callable[[int, float, npt.NDArray[np.generic] | None], None]

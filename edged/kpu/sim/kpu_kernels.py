@@ -87,14 +87,17 @@ LUT_LIMIT = 1 << 22
 class Activation:
     """A layer's 16-segment activation as flat tables for the kernels.
 
-    The reference picks the highest segment ``s`` with ``start[s] < value``; with starts in
-    ascending order (every nncase table) that is the count of ``start[1:] < value``.
-    ``mask``/``half`` pre-compute each segment's rounding. Two cases the C reference leaves
-    undefined are made deterministic: a value at or below ``start[0]`` uses segment 0, and
-    shifts above 63 act as 63.
+    nncase 0.2 picks the highest segment ``s`` with ``start[s] < value``; nncase 0.1's
+    emulator, whose rounding ``half-up`` follows, the highest with ``start[s] <= value``.
+    ``threshold`` is ``start`` (or ``start - 1``) so that both become ``threshold[s] <
+    value``; with ascending starts (every nncase table) the segment is the count of
+    ``threshold[1:] < value``. ``mask``/``half`` pre-compute each segment's rounding. Two
+    cases the C reference leaves undefined are made deterministic: a value below every
+    segment uses segment 0, and shifts above 63 act as 63.
     """
 
     start: Int64Array
+    threshold: Int64Array
     mul: Int64Array
     shift: Int64Array
     mask: Int64Array
@@ -109,13 +112,15 @@ class Activation:
         mask = np.array([(1 << int(v)) - 1 for v in shift], np.int64)
         half = np.array([1 << (int(v) - 1) if v else 1 for v in shift], np.int64)
         ascending = bool(np.all(np.diff(conv.act_start) >= 0))
-        return cls(conv.act_start, conv.act_mul, shift.astype(np.int64), mask, half,
-                   conv.act_add, rounding == "half-even", ascending)
+        half_even = rounding == "half-even"
+        threshold = conv.act_start if half_even else conv.act_start - 1
+        return cls(conv.act_start, threshold, conv.act_mul, shift.astype(np.int64), mask,
+                   half, conv.act_add, half_even, ascending)
 
     def __call__(self, values: Int64Array) -> UInt8Array:
         out = np.empty(values.size, np.uint8)
-        _activate(values.reshape(-1), self.start, self.mul, self.shift, self.mask, self.half,
-                  self.add, self.half_even, self.sorted_starts, out)
+        _activate(values.reshape(-1), self.start, self.threshold, self.mul, self.shift,
+                  self.mask, self.half, self.add, self.half_even, self.sorted_starts, out)
         return out
 
     def lookup_table(self, vmin: int, vmax: int) -> tuple[int, UInt8Array] | None:
@@ -123,14 +128,15 @@ class Activation:
         ``[vmin, vmax]``, or None when no table of at most LUT_LIMIT entries is exact.
 
         Each segment is linear, so its clamped output can change only where the unclamped
-        value is within 0..255; the table spans those stretches, and the values reachable
-        outside it are checked to equal the table's two ends.
+        value is within 0..255 or where it hands over to the next segment; the table spans
+        those places, and the values reachable outside it are checked to equal its ends.
         """
         if not self.sorted_starts:
             return None
-        bounds = [(-(1 << 62), int(self.start[1]))]
-        bounds += [(int(self.start[s]) + 1, int(self.start[s + 1])) for s in range(1, 15)]
-        bounds.append((int(self.start[15]) + 1, 1 << 62))
+        edge = [int(t) for t in self.threshold]
+        bounds = [(-(1 << 62), edge[1])]
+        bounds += [(edge[s] + 1, edge[s + 1]) for s in range(1, 15)]
+        bounds.append((edge[15] + 1, 1 << 62))
         lo, hi = vmax + 1, vmin - 1
         for s, (seg_first, seg_last) in enumerate(bounds):
             first, last = max(seg_first, vmin), min(seg_last, vmax)
@@ -143,6 +149,13 @@ class Activation:
             seg_hi = min(last, int(self.start[s]) + max(ends) + 1)
             if seg_lo <= seg_hi:
                 lo, hi = min(lo, seg_lo), max(hi, seg_hi)
+        # a step where one segment hands over to the next counts too
+        for s in range(1, 16):
+            step = np.array([edge[s], edge[s] + 1], np.int64)
+            if vmin <= step[0] and step[1] <= vmax:
+                before, after = self(step)
+                if before != after:
+                    lo, hi = min(lo, int(step[0])), max(hi, int(step[1]))
         if lo > hi:
             lo = hi = vmin
         if hi - lo + 1 > LUT_LIMIT:
@@ -159,19 +172,19 @@ class Activation:
 
 @numba.njit(nogil=True, cache=True)
 def _activate(
-    v: Int64Array, start: Int64Array, mul: Int64Array, shift: Int64Array, mask: Int64Array,
-    half: Int64Array, add: Int64Array, half_even: bool, sorted_starts: bool,
-    out: UInt8Array,
+    v: Int64Array, start: Int64Array, threshold: Int64Array, mul: Int64Array,
+    shift: Int64Array, mask: Int64Array, half: Int64Array, add: Int64Array, half_even: bool,
+    sorted_starts: bool, out: UInt8Array,
 ) -> None:  # pragma: no cover - jitted
     """The 16-segment activation of each value, clamped to uint8."""
     for i in range(v.size):
         if sorted_starts:
             s = np.uint64(0)
             for k in range(1, 16):
-                s += np.uint64(v[i] > start[k])
+                s += np.uint64(v[i] > threshold[k])
         else:
             s = np.uint64(15)
-            while s > 0 and not v[i] > start[s]:
+            while s > 0 and not v[i] > threshold[s]:
                 s -= np.uint64(1)
         p = (v[i] - start[s]) * mul[s]
         sft = shift[s]

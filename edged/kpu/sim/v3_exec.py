@@ -273,7 +273,8 @@ class V3Executor:
         return out
 
     def _concat(self, layer: v3.Concat) -> None:
-        chunks = [self._main[start : start + size].copy() for start, size in layer.inputs]
+        chunks = [self._main[int(start) : int(start) + int(size)].copy()
+                  for start, size in layer.inputs]
         joined = np.concatenate(chunks) if chunks else np.empty(0, np.uint8)
         self._main[layer.out : layer.out + joined.size] = joined
 
