@@ -9,6 +9,7 @@ from pathlib import Path
 from edged.kpu.errors import KmodelFormatError, KmodelVersionError
 from edged.kpu.kmodel.model import KModel, LayerSummary, TensorSpec
 from edged.kpu.kmodel.v3 import parse_v3
+from edged.kpu.kmodel.v4 import parse_v4
 
 KMDL = 0x4B4D444C
 """nncase's ``'KMDL'`` identifier as the first little-endian word (v4 and later)."""
@@ -38,12 +39,7 @@ def kmodel_version(data: bytes) -> int:
 def parse_kmodel(data: bytes) -> KModel:
     """Parse and validate a kmodel held in memory."""
     version = kmodel_version(data)
-    if version == 3:
-        parsed = parse_v3(data)
-    else:
-        from edged.kpu.kmodel.v4 import parse_v4  # noqa: PLC0415  TODO(lead): top-level
-
-        parsed = parse_v4(data)
+    parsed = parse_v3(data) if version == 3 else parse_v4(data)
     return KModel(
         version=version,
         data=bytes(data),
