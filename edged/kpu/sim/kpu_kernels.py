@@ -300,60 +300,6 @@ def _depthwise_lut(
 
 
 @numba.njit(nogil=True, cache=True)
-def _columns(x: UInt8Array, lo: int, hi: int, k: int, pad_value: int,
-             out: npt.NDArray[np.float32]) -> None:  # pragma: no cover - jitted
-    """im2col of channels ``lo:hi``, centred (value - 128) in float32, rows ordered
-    (channel, ky, kx) as the weights are; outside the map is ``pad_value``."""
-    _, h, w = x.shape
-    n = h * w
-    pad = k // 2
-    fill = np.float32(pad_value) - np.float32(128)
-    src = x.reshape(-1)
-    dst = out.reshape(-1)
-    for c in range(lo, hi):
-        for ky in range(k):
-            for kx in range(k):
-                row = (((c - lo) * k + ky) * k + kx) * n
-                # columns whose tap falls inside the map: a branch-free, vectorisable stretch
-                x0, x1 = max(0, pad - kx), min(w, w + pad - kx)
-                for y in range(h):
-                    iy = y + ky - pad
-                    base = row + y * w
-                    if iy < 0 or iy >= h:
-                        for xx in range(w):
-                            dst[base + xx] = fill
-                        continue
-                    for xx in range(x0):
-                        dst[base + xx] = fill
-                    for xx in range(x1, w):
-                        dst[base + xx] = fill
-                    origin = (c * h + iy) * w + kx - pad
-                    for xx in range(x0, x1):
-                        dst[base + xx] = np.float32(src[origin + xx]) - np.float32(128)
-
-
-@numba.njit(nogil=True, cache=True)
-def _window_sums(x: UInt8Array, k: int, pad_value: int,
-                 out: Int64Array) -> None:  # pragma: no cover - jitted
-    """``sum(x)`` over each output's k x k window and all channels, padding included."""
-    c, h, w = x.shape
-    pad = k // 2
-    plane = np.full((h + 2 * pad, w + 2 * pad), np.int64(c) * pad_value)
-    plane[pad : pad + h, pad : pad + w] = 0
-    for ch in range(c):
-        for y in range(h):
-            for xx in range(w):
-                plane[y + pad, xx + pad] += x[ch, y, xx]
-    for y in range(h):
-        for xx in range(w):
-            total = np.int64(0)
-            for ky in range(k):
-                for kx in range(k):
-                    total += plane[y + ky, xx + kx]
-            out[y * w + xx] = total
-
-
-@numba.njit(nogil=True, cache=True)
 def _lookup(values: Int64Array, lo: int, lut: UInt8Array, out: UInt8Array) -> None:
     """``out = lut[clip(values - lo)]``: the activation of values already batch-normed."""
     last = lut.size - 1
@@ -525,23 +471,41 @@ class PreparedConv:
         return kpu_pool(out.reshape(arg.out_channels, h, w), arg.pool_type)
 
     def _products(self, x: UInt8Array) -> tuple[npt.NDArray[np.floating], Int64Array]:
-        """``sum(x * w)`` per output value (centred when exact in float32) and ``sum(x)``."""
+        """``sum(x * w)`` per output value (centred when exact in float32) and ``sum(x)``.
+
+        numpy's strided copies beat a numba im2col here: they vectorise without the
+        negative-index checks numba puts on computed indices.
+        """
         arg = self.conv.arg
         ic, h, w = x.shape
-        k = arg.filter_size
-        sum_x = np.empty(h * w, np.int64)
-        _window_sums(x, k, arg.pad_value, sum_x)
+        n = h * w
+        if arg.filter_size == 1:
+            sum_x = x.reshape(ic, n).sum(axis=0, dtype=np.int64)
+
+            def cols_of(lo: int, hi: int) -> npt.NDArray[np.uint8]:
+                return x[lo:hi].reshape(hi - lo, n)
+        else:
+            padded = np.empty((ic, h + 2, w + 2), np.uint8)
+            padded[:] = arg.pad_value
+            padded[:, 1:-1, 1:-1] = x
+            plane = padded.sum(axis=0, dtype=np.int64)
+            rows = plane[:, :-2] + plane[:, 1:-1] + plane[:, 2:]
+            sum_x = (rows[:-2] + rows[1:-1] + rows[2:]).reshape(n)
+
+            def cols_of(lo: int, hi: int) -> npt.NDArray[np.uint8]:
+                view = np.lib.stride_tricks.sliding_window_view(padded[lo:hi], (3, 3),
+                                                                axis=(1, 2))
+                return view.transpose(0, 3, 4, 1, 2).reshape((hi - lo) * 9, n)
+
         if self.w_centred is None:  # 16-bit weights: exact in float64 for any length
             assert self.w_int is not None
-            cols = np.empty((ic * k * k, h * w), np.float32)
-            _columns(x, 0, ic, k, arg.pad_value, cols)
-            return self.w_int.astype(np.float64) @ (cols.astype(np.float64) + 128), sum_x
+            return self.w_int.astype(np.float64) @ cols_of(0, ic).astype(np.float64), sum_x
         acc: npt.NDArray[np.floating] | None = None
         for i, wc in enumerate(self.w_centred):
             lo = i * self.chunk_channels
             hi = min(ic, lo + self.chunk_channels)
-            cols = np.empty(((hi - lo) * k * k, h * w), np.float32)
-            _columns(x, lo, hi, k, arg.pad_value, cols)
+            cols = cols_of(lo, hi).astype(np.float32)
+            cols -= 128
             part = wc @ cols
             acc = part if acc is None else acc + part.astype(np.float64)
         assert acc is not None
