@@ -81,6 +81,23 @@ def _kpu_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _infer(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from edged.runtime.definitions import DefinitionError  # noqa: PLC0415
+    from edged.runtime.infer import InferError, infer  # noqa: PLC0415
+
+    try:
+        for payload in infer(args.pipeline, [Path(p) for p in args.images],
+                             pipelines_dir=Path(args.pipelines_dir) if args.pipelines_dir else None,
+                             model_dirs=[Path(d) for d in args.models_dir],
+                             annotate=Path(args.annotate) if args.annotate else None):
+            print(json.dumps(payload), flush=True)
+    except (DefinitionError, InferError) as exc:
+        raise UsageError(str(exc)) from exc
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edged", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edged {__version__}")
@@ -106,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--input", help="an image or .npy (default: random input)")
     prof.add_argument("--repeat", type=int, default=20, help="timed runs (default: 20)")
     prof.set_defaults(handler=_kpu_profile)
+
+    infer = commands.add_parser("infer", help="run a pipeline on images, print detections as JSON")
+    infer.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    infer.add_argument("--pipeline", required=True,
+                       help="a pipeline name (its file's stem) or a pipeline .toml")
+    infer.add_argument("--pipelines-dir",
+                       help="where pipelines are found (default: the project's pipelines/)")
+    infer.add_argument("--models-dir", action="append", default=[], metavar="DIR",
+                       help="a model directory searched after models/ (repeatable)")
+    infer.add_argument("--annotate", metavar="OUT",
+                       help="write the image with its boxes to OUT (a folder for several images)")
+    infer.set_defaults(handler=_infer)
     return parser
 
 
