@@ -36,6 +36,11 @@ class _Camera(_Model):
     fps: float = Field(
         default=30.0, gt=0, le=120, description="Frames per second (schedule slots per second)."
     )
+    pipeline: str = Field(
+        default="face",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="The pipeline (pipelines/<name>.toml) this camera's frames go through.",
+    )
 
 
 class _FixedSize(_Camera):

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, ValidationError, model_validator
 
+from edged.resources import shipped
 from edged.runtime.decoders import Decoder, build_decoder
 from edged.runtime.definitions import (
     NAME_PATTERN,
@@ -49,7 +50,7 @@ from edged.runtime.registry import ModelEntry, ModelRegistry, UnknownModel
 from edged.vision.detection import Detection
 from edged.vision.preprocess import Fit, InputSpec, Transform, preprocess
 
-PROJECT_PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+PROJECT_PIPELINES = shipped("pipelines")
 
 Tensor = npt.NDArray[np.uint8] | npt.NDArray[np.float32]
 

@@ -17,12 +17,13 @@ from functools import cached_property
 from pathlib import Path
 
 from edged.kpu.kmodel import KModel
+from edged.resources import shipped
 from edged.runtime.decoders import Decoder, build_decoder
 from edged.runtime.manifest import ImageInput, ManifestError, ModelManifest, load_manifest
 from edged.runtime.verify import load_verified
 from edged.vision.preprocess import InputSpec
 
-PROJECT_MODELS = Path(__file__).resolve().parents[2] / "models"
+PROJECT_MODELS = shipped("models")
 
 
 def model_search_path(configured: Sequence[Path] = ()) -> tuple[Path, ...]:
