@@ -13,6 +13,7 @@ import numpy.typing as npt
 from edged import __version__
 from edged.kpu.errors import KpuError
 from edged.kpu.kmodel import KModel, load_kmodel
+from edged.runtime.definitions import DefinitionError
 
 
 class UsageError(Exception):
@@ -98,10 +99,53 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from edged import logs  # noqa: PLC0415
+    from edged.config import DEMO, load_settings  # noqa: PLC0415
+    from edged.daemon import Daemon, StartError  # noqa: PLC0415
+
+    path = Path(args.config) if args.config else None
+    settings = load_settings(path, None if path else DEMO)
+    logs.configure(settings.log.level, settings.log.format)
+    if path is None:
+        prefix = settings.mqtt.prefix or f"edged/{settings.device_id}"
+        print(f"edged demo: a synthetic camera through the shapes model; subscribe with\n"
+              f"  mosquitto_sub -h {settings.mqtt.host} -p {settings.mqtt.port} "
+              f"-t '{prefix}/#' -v", file=sys.stderr)
+    try:
+        asyncio.run(Daemon(settings, path).run())
+    except StartError as exc:
+        raise UsageError(str(exc)) from exc
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from edged.check import check  # noqa: PLC0415
+    from edged.config import DEMO  # noqa: PLC0415
+
+    report = check(Path(args.config) if args.config else None,
+                   None if args.config else DEMO)
+    for line in report.lines:
+        print(line)
+    for problem in report.problems:
+        print(f"edged check: {problem}", file=sys.stderr)
+    return 0 if report.ok else 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edged", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edged {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    daemon = commands.add_parser("run", help="run the daemon (without CONFIG: the built-in demo)")
+    daemon.add_argument("config", nargs="?", help="a deployment config (TOML)")
+    daemon.set_defaults(handler=_run)
+
+    checker = commands.add_parser("check", help="validate a config, its pipelines and models")
+    checker.add_argument("config", nargs="?", help="a deployment config (TOML)")
+    checker.set_defaults(handler=_check)
 
     kpu = commands.add_parser("kpu", help="inspect and run kmodels on the simulated KPU")
     kpu_commands = kpu.add_subparsers(dest="kpu_command", required=True)
@@ -142,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)
-    except (KpuError, UsageError) as exc:
+    except (KpuError, UsageError, DefinitionError) as exc:
         print(f"edged: {exc}", file=sys.stderr)
         return 2
     return code

@@ -73,7 +73,8 @@ class ModelSettings(_Section):
         description="directories with model manifests and kmodels, after the project's models/",
     )
     preload: list[str] = Field(
-        default_factory=list, description="models kept resident (when they fit) for instant switches"
+        default_factory=list,
+        description="models kept resident (when they fit) for instant switches",
     )
     allow: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -173,15 +174,25 @@ class _Credentials(PydanticBaseSettingsSource):
         return found
 
 
-def load_settings(path: Path | None) -> Settings:
-    """The settings in ``path`` (or the defaults), with the environment applied."""
-    raw: dict[str, Any] = {}
-    where = str(path) if path else "(defaults and environment)"
+DEMO: dict[str, Any] = {
+    "device_id": "edged-demo",
+    "cameras": [{"name": "demo", "kind": "shapes", "fps": 30, "pipeline": "shapes"}],
+    "embedded_broker": "auto",
+}
+"""What ``edged run`` runs without a config: the project's own model on a synthetic camera,
+publishing to a local broker (an embedded one when none listens on localhost:1883)."""
+
+
+def load_settings(path: Path | None, defaults: Mapping[str, Any] | None = None) -> Settings:
+    """The settings in ``path`` (or ``defaults``), with the environment applied."""
+    raw: dict[str, Any] = dict(defaults or {})
+    where = str(path) if path else "(built-in settings and environment)"
     if path is not None:
         try:
             raw = tomllib.loads(path.read_text())
         except OSError as exc:
-            raise ConfigError(where, [("(file)", f"cannot read it: {exc.strerror or exc}")]) from exc
+            problem = f"cannot read it: {exc.strerror or exc}"
+            raise ConfigError(where, [("(file)", problem)]) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(where, [("(file)", f"not valid TOML: {exc}")]) from exc
         raw = _resolve_paths(raw, path.parent)

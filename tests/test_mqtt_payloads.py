@@ -210,7 +210,10 @@ def test_validate_name_accepts_exactly_the_usable_levels(name: str) -> None:
     check("detections", {**frame_payload("dev", 0), "camera": name})
 
 
-@given(st.text(max_size=20))
+# JSON Schema patterns are ECMA-262, where "$" is the end of the string; Python's re, which
+# the jsonschema package uses, also lets "$" match before a final newline. Names ending in
+# one are refused by validate_name and by ECMA validators; Python's check cannot see it.
+@given(st.text(max_size=20).filter(lambda v: not v.endswith("\n")))
 def test_schemas_name_pattern_agrees_with_validate_name(name: str) -> None:
     payload = {**frame_payload("dev", 0), "camera": name}
     if _usable(name):

@@ -263,6 +263,15 @@ class CommandErrorCode(IntEnum):
     """The command queue is full; nothing was done, try again."""
     ERR_UNKNOWN_PIPELINE = 4004
     ERR_UNKNOWN_MODEL = 4005
+    ERR_NOT_ALLOWED = 4006
+    """The model is not in the pipeline's allow-list."""
+    ERR_RATE_LIMITED = 4007
+    """The pipeline was swapped too recently; try again later."""
+    ERR_IN_USE = 4008
+    """A model a pipeline runs cannot be deinitialised."""
+    ERR_NOT_LOADED = 4009
+    ERR_MODEL_UNUSABLE = 4010
+    """The model's files or manifest are broken (e.g. a sha256 mismatch)."""
 
 
 class ErrorInfo(TypedDict):
@@ -286,6 +295,19 @@ class Changes(TypedDict, total=False):
     pipelines: dict[str, ModelChange]
 
 
+class ModelListing(TypedDict):
+    name: str
+    resident: bool
+    pipelines: list[str]
+
+
+class ModelsState(TypedDict):
+    """cmd/models' answer: every available model and what each pipeline runs."""
+
+    models: list[ModelListing]
+    pipelines: dict[str, str | None]
+
+
 class CommandResultPayload(TypedDict):
     v: int
     device: str
@@ -295,6 +317,8 @@ class CommandResultPayload(TypedDict):
     ok: bool
     error: ErrorInfo | None
     changed: Changes
+    sram: NotRequired[SramTotals]
+    state: NotRequired[ModelsState]
 
 
 def command_result_payload(
@@ -302,14 +326,17 @@ def command_result_payload(
     device: str,
     verb: str,
     request_id: str | None,
+    sram: SramTotals | None = None,
     error: ErrorInfo | None = None,
     changed: Changes | None = None,
+    state: ModelsState | None = None,
     now: datetime | None = None,
 ) -> CommandResultPayload:
-    """The one reply to a command: ``ok`` exactly when ``error`` is ``None``."""
+    """The one reply to a command: ``ok`` exactly when ``error`` is ``None``, with the SRAM
+    account as the command left it."""
     if error is not None and changed:
         raise ValueError(f"a failed {verb!r} command changed {changed}; failures change nothing")
-    return {
+    payload: CommandResultPayload = {
         "v": CONTRACT_VERSION,
         "device": device,
         "ts": _now(now),
@@ -319,6 +346,11 @@ def command_result_payload(
         "error": error,
         "changed": changed if changed is not None else {},
     }
+    if sram is not None:
+        payload["sram"] = sram
+    if state is not None:
+        payload["state"] = state
+    return payload
 
 
 def request_id_of(payload: bytes) -> str | None:

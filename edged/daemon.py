@@ -1,0 +1,280 @@
+"""The supervisor: starts every part, keeps them running, and stops them cleanly.
+
+Parts run as tasks of one task group: the MQTT publisher, the scheduler, one feed per
+camera, the stats timer, the command loop and the systemd watchdog. A camera feed that
+fails unexpectedly is logged and restarted after a pause (its own retries cover the usual
+failures); any other part failing stops the daemon with an error, so systemd restarts it.
+SIGTERM (or SIGINT) finishes the frame in flight, publishes ``offline`` and exits 0; SIGHUP
+reloads the config: cameras and pipelines change in place, an invalid config is refused
+and the running one kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from edged.camera.config import CameraConfig
+from edged.camera.factory import build_camera
+from edged.camera.source import Camera
+from edged.config import ConfigError, Settings, load_settings
+from edged.kpu.sim.backend import SimulatedKpu
+from edged.mqtt.commands import CommandHandler
+from edged.mqtt.embedded import embedded_broker, listening
+from edged.mqtt.payloads import StatsPayload, SwapStats, detections_payload, stats_payload
+from edged.mqtt.publisher import Command, MqttPublisher
+from edged.mqtt.reports import camera_report, models_report, sram_usage
+from edged.runtime.definitions import DefinitionError
+from edged.runtime.manager import ModelManager
+from edged.runtime.pipeline import PipelineDefinition, load_pipeline, pipeline_path
+from edged.runtime.registry import ModelRegistry, model_search_path
+from edged.runtime.scheduler import Result, Scheduler
+from edged.systemd import Notifier, Watchdog, status_line
+
+log = structlog.get_logger(component="daemon")
+
+BROKER_WAIT = 10.0
+"""Seconds to wait for the broker before telling systemd we are ready anyway (and why)."""
+CAMERA_RESTART_PAUSE = 5.0
+DRAIN_SECONDS = 2.0
+"""At most this long on SIGTERM for the frame in flight to be published."""
+
+
+class StartError(Exception):
+    """The daemon cannot start: a model, pipeline or config problem, said precisely."""
+
+
+def pipeline_definitions(
+    settings: Settings, registry: ModelRegistry
+) -> dict[str, PipelineDefinition]:
+    """The pipelines the cameras use, each verified against its model now."""
+    definitions = {}
+    for name in sorted(set(settings.routes.values())):
+        try:
+            pipeline = load_pipeline(pipeline_path(name, settings.pipelines_dir), registry)
+        except LookupError as exc:
+            raise StartError(str(exc)) from exc
+        definitions[name] = pipeline.definition
+    return definitions
+
+
+@dataclass
+class _Feed:
+    config: CameraConfig
+    camera: Camera
+    task: asyncio.Task[None]
+
+
+class Daemon:
+    """One run of edged with one config (reloadable)."""
+
+    def __init__(self, settings: Settings, config_path: Path | None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.notifier = Notifier.from_env()
+        self._stop = asyncio.Event()
+        self._feeds: dict[str, _Feed] = {}
+        self._started = time.monotonic()
+        self._reloads = 0
+        self._kpu_busy_mark = (time.monotonic(), 0.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        faulthandler.enable()  # a watchdog SIGABRT prints every thread's stack
+        settings = self.settings
+        registry = ModelRegistry.discover(model_search_path(settings.models.search_path))
+        definitions = pipeline_definitions(settings, registry)
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.embedded_broker == "auto" and not await listening(
+                    settings.mqtt.host, settings.mqtt.port):
+                await stack.enter_async_context(
+                    embedded_broker(settings.mqtt.host, settings.mqtt.port))
+            self.backend = await stack.enter_async_context(
+                SimulatedKpu(settings.kpu.profile, settings.kpu.rounding))
+            self.manager = ModelManager(
+                self.backend, registry, definitions, preload=settings.models.preload,
+                allow=settings.models.allow, min_swap_interval=settings.models.min_swap_interval)
+            await self.manager.start()
+            stack.push_async_callback(self.manager.close)
+            commands: asyncio.Queue[Command] = asyncio.Queue(maxsize=16)
+            self.publisher = await stack.enter_async_context(
+                MqttPublisher(settings.mqtt, device_id=settings.device_id, commands=commands))
+            self.scheduler = Scheduler(self.manager, self.backend, settings.routes, self._publish)
+            self.handler = CommandHandler(self.manager, settings.device_id,
+                                          self.publisher.publish_result, self._publish_models)
+            self._publish_models()
+            self._install_signals()
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    self._tasks = tasks
+                    scheduler = tasks.create_task(self.scheduler.run(), name="scheduler")
+                    for config in settings.cameras:
+                        self._start_feed(config)
+                    others = [
+                        tasks.create_task(self._stats_loop(), name="stats"),
+                        tasks.create_task(self._command_loop(commands), name="commands"),
+                        tasks.create_task(self._ready_then_watch(), name="watchdog"),
+                    ]
+                    await self._stop.wait()
+                    self.notifier.stopping("stopping: finishing the frame in flight")
+                    for feed in list(self._feeds.values()):
+                        feed.task.cancel()
+                    await self._drain()
+                    for task in [scheduler, *others]:
+                        task.cancel()
+            finally:
+                self._remove_signals()
+        log.info("stopped")
+
+    # -- parts -----------------------------------------------------------------------------
+
+    def _start_feed(self, config: CameraConfig) -> None:
+        camera = build_camera(config)
+        task = self._tasks.create_task(self._feed(camera), name=f"camera-{config.name}")
+        self._feeds[config.name] = _Feed(config, camera, task)
+
+    async def _feed(self, camera: Camera) -> None:
+        """Frames of one camera into its mailbox; an unexpected failure restarts the feed."""
+        bound = log.bind(camera=camera.name)
+        while True:
+            try:
+                async with contextlib.aclosing(camera.frames()) as frames:
+                    async for frame in frames:
+                        box = self.scheduler.boxes.get(camera.name)
+                        if box is None:  # removed by a reload
+                            return
+                        box.put(frame)
+            except Exception:
+                bound.exception("camera_feed_failed", pause=CAMERA_RESTART_PAUSE)
+                await asyncio.sleep(CAMERA_RESTART_PAUSE)
+            else:
+                bound.info("camera_ended")
+                return
+
+    async def _drain(self) -> None:
+        """Give the frame in flight a moment to be published before everything stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.scheduler.idle.wait(), DRAIN_SECONDS)
+
+    def _publish(self, result: Result) -> None:
+        frame = result.frame
+        self.publisher.publish_detections(detections_payload(
+            device=self.settings.device_id, camera=frame.camera, pipeline=result.pipeline,
+            model=result.model, frame=frame.seq, captured_at=frame.captured,
+            latency_ms=round(result.latency * 1e3, 2), image_size=(frame.width, frame.height),
+            detections=result.detections))
+
+    def _publish_models(self) -> None:
+        self.publisher.publish_models(
+            models_report(self.manager, self.settings.routes, self.settings.device_id))
+
+    async def _command_loop(self, commands: asyncio.Queue[Command]) -> None:
+        while True:
+            command = await commands.get()
+            await self.handler.handle(command)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stats.interval)
+            self.publisher.publish_stats(self._stats())
+            self.notifier.status(self._status())
+
+    def _stats(self) -> StatsPayload:
+        now = time.monotonic()
+        kpu = self.backend.stats()
+        since, busy_then = self._kpu_busy_mark
+        self._kpu_busy_mark = (now, kpu.busy_seconds)
+        busy = min(1.0, max(0.0, (kpu.busy_seconds - busy_then) / max(now - since, 1e-9)))
+        swaps = self.manager.stats
+        last = swaps.times.percentiles_ms(1.0)[0]
+        swap_stats: SwapStats = {"ok": swaps.swaps, "failed": swaps.failed, "last_ms": last}
+        cameras = {
+            name: camera_report(feed.camera.stats, self.scheduler.flows[name],
+                                self.scheduler.boxes[name].dropped)
+            for name, feed in self._feeds.items() if name in self.scheduler.boxes
+        }
+        flows = self.scheduler.flows.values()
+        return stats_payload(
+            device=self.settings.device_id, uptime_s=round(now - self._started, 1),
+            interval_s=self.settings.stats.interval, cameras=cameras,
+            kpu={"backend": self.settings.kpu.backend, "busy": round(busy, 3), "runs": kpu.runs},
+            sram=sram_usage(self.manager.memory()), mqtt=self.publisher.stats(),
+            swaps=swap_stats,
+            counters={"config_reloads": self._reloads,
+                      "commands_handled": self.handler.handled,
+                      "commands_refused": self.handler.refused,
+                      "frames_dropped_swap": sum(f.dropped_swap for f in flows),
+                      "frame_errors": sum(f.errors for f in flows)})
+
+    def _status(self) -> str:
+        fps = {name: feed.camera.stats.fps() for name, feed in self._feeds.items()}
+        return status_line(fps, self.manager.pipeline_models())
+
+    async def _ready_then_watch(self) -> None:
+        """READY once the models are loaded and the cameras started and the broker is
+        reached (or BROKER_WAIT has passed: then the status says so); then the watchdog."""
+        try:
+            await asyncio.wait_for(self.publisher.wait_online(), BROKER_WAIT)
+            self.notifier.ready(self._status())
+        except TimeoutError:
+            self.notifier.ready(f"broker {self.settings.mqtt.host}:{self.settings.mqtt.port} "
+                                "not reachable yet; retrying")
+        log.info("ready", cameras=list(self._feeds), pipelines=self.manager.pipeline_models())
+        limit = self.settings.watchdog.stall_limit
+        await Watchdog.from_env(self.notifier,
+                                lambda: self.scheduler.stalled_for() < limit).run()
+
+    # -- signals and reload ----------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def _reload_soon(self) -> None:
+        self._tasks.create_task(self.reload(), name="reload")
+
+    async def reload(self) -> None:
+        """Apply a changed config in place; refuse an invalid one and keep running."""
+        self.notifier.reloading()
+        try:
+            settings = load_settings(self.config_path)
+            definitions = pipeline_definitions(settings, self.manager.registry)
+            await self.manager.apply(definitions)
+        except (ConfigError, DefinitionError, StartError, LookupError) as exc:
+            log.error("reload_refused", config=str(self.config_path), error=str(exc))
+            self.notifier.ready(f"reload refused: {exc}"[:200])
+            return
+        fixed = [section for section in ("mqtt", "kpu", "device_id", "models", "embedded_broker")
+                 if getattr(settings, section) != getattr(self.settings, section)]
+        if fixed:
+            log.warning("reload_needs_restart", sections=fixed)
+        self.scheduler.set_routes(settings.routes)
+        wanted = {c.name: c for c in settings.cameras}
+        for name, feed in list(self._feeds.items()):
+            if wanted.get(name) != feed.config:
+                feed.task.cancel()
+                del self._feeds[name]
+        for name, config in wanted.items():
+            if name not in self._feeds:
+                self._start_feed(config)
+        self.settings = settings
+        self._reloads += 1
+        self._publish_models()
+        log.info("reloaded", cameras=list(wanted), pipelines=self.manager.pipeline_models())
+        self.notifier.ready(self._status())
