@@ -171,7 +171,7 @@ class Daemon:
             device=self.settings.device_id, camera=frame.camera, pipeline=result.pipeline,
             model=result.model, frame=frame.seq, captured_at=frame.captured,
             latency_ms=round(result.latency * 1e3, 2), image_size=(frame.width, frame.height),
-            detections=result.detections))
+            detections=result.detections, truth=frame.truth))
 
     def _publish_models(self) -> None:
         self.publisher.publish_models(

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Literal, NotRequired, TypedDict
 
+from edged.camera.frame import GroundTruth
 from edged.mqtt.topics import CONTRACT_VERSION
 from edged.vision.detection import Detection
 
@@ -62,6 +63,13 @@ class DetectionsPayload(TypedDict):
     image: ImageSize
     detections: list[dict[str, object]]
     """Items are :meth:`edged.vision.detection.Detection.to_dict`."""
+    truth: NotRequired[list[TruthItem]]
+
+
+class TruthItem(TypedDict):
+    label: str
+    class_id: int
+    box: dict[str, float]
 
 
 def detections_payload(
@@ -75,10 +83,12 @@ def detections_payload(
     latency_ms: float,
     image_size: tuple[int, int],
     detections: Iterable[Detection],
+    truth: Iterable[GroundTruth] = (),
 ) -> DetectionsPayload:
-    """One processed frame; ``captured_at`` is the capture time, ``image_size`` ``(w, h)``."""
+    """One processed frame; ``captured_at`` is the capture time, ``image_size`` ``(w, h)``;
+    ``truth`` is a synthetic camera's ground truth, published when there is any."""
     w, h = image_size
-    return {
+    payload: DetectionsPayload = {
         "v": CONTRACT_VERSION,
         "device": device,
         "camera": camera,
@@ -90,6 +100,14 @@ def detections_payload(
         "image": {"w": w, "h": h},
         "detections": [d.to_dict() for d in detections],
     }
+    known: list[TruthItem] = [
+        {"label": t.label, "class_id": t.class_id,
+         "box": dict(zip("xywh", (round(v, 2) for v in t.box), strict=True))}
+        for t in truth
+    ]
+    if known:
+        payload["truth"] = known
+    return payload
 
 
 # ----------------------------------------------------------------------------- stats
