@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from edged.camera.config import CameraConfig
+from edged.control.config import ButtonConfig, GpioButtonConfig, SimulatedButtonConfig
 from edged.kpu.sram import PROFILES
 from edged.mqtt.config import MqttSettings
 from edged.runtime.definitions import NAME_PATTERN, DefinitionError, validation_problems
@@ -120,6 +121,8 @@ class Settings(BaseSettings):
         default=PROJECT_PIPELINES, description="directory of pipelines/<name>.toml"
     )
     cameras: list[CameraConfig] = Field(default_factory=list, description="frame sources")
+    buttons: list[ButtonConfig] = Field(
+        default_factory=list, description="buttons that switch models or publish events")
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     embedded_broker: Literal["never", "auto"] = Field(
         default="never",
@@ -135,6 +138,14 @@ class Settings(BaseSettings):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"camera names must be unique: {', '.join(twice)} repeated")
+        buttons = [b.name for b in self.buttons]
+        inputs = [str(b.socket) if isinstance(b, SimulatedButtonConfig)
+                  else f"{b.device}:{b.line}" for b in self.buttons
+                  if isinstance(b, SimulatedButtonConfig | GpioButtonConfig)]
+        for what, values in (("button names", buttons), ("button inputs", inputs)):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"{what} must be unique: {', '.join(repeated)} repeated")
         return self
 
     @property
@@ -224,6 +235,10 @@ def _resolve_paths(raw: Mapping[str, Any], base: Path) -> dict[str, Any]:
     models = out.get("models")
     if isinstance(models, dict) and isinstance(models.get("search_path"), list):
         out["models"] = {**models, "search_path": [absolute(p) for p in models["search_path"]]}
+    buttons = out.get("buttons")
+    if isinstance(buttons, list):
+        out["buttons"] = [{**b, **({"socket": absolute(b["socket"])} if "socket" in b else {})}
+                          if isinstance(b, dict) else b for b in buttons]
     cameras = out.get("cameras")
     if isinstance(cameras, list):
         out["cameras"] = [

@@ -25,14 +25,29 @@ from edged.camera.config import CameraConfig
 from edged.camera.factory import build_camera
 from edged.camera.source import Camera
 from edged.config import ConfigError, Settings, load_settings
+from edged.control.buttons import ButtonError, build_button
+from edged.control.config import (
+    ButtonConfig,
+    CycleAction,
+    EventAction,
+    PressKind,
+    SwitchAction,
+)
+from edged.kpu.errors import KpuError
 from edged.kpu.sim.backend import SimulatedKpu
 from edged.mqtt.commands import CommandHandler
 from edged.mqtt.embedded import embedded_broker, listening
-from edged.mqtt.payloads import StatsPayload, SwapStats, detections_payload, stats_payload
+from edged.mqtt.payloads import (
+    StatsPayload,
+    SwapStats,
+    detections_payload,
+    event_payload,
+    stats_payload,
+)
 from edged.mqtt.publisher import Command, MqttPublisher
 from edged.mqtt.reports import camera_report, models_report, sram_usage
 from edged.runtime.definitions import DefinitionError
-from edged.runtime.manager import ModelManager
+from edged.runtime.manager import LifecycleError, ModelManager
 from edged.runtime.pipeline import PipelineDefinition, load_pipeline, pipeline_path
 from edged.runtime.registry import ModelRegistry, model_search_path
 from edged.runtime.scheduler import Result, Scheduler
@@ -123,6 +138,8 @@ class Daemon:
                         tasks.create_task(self._stats_loop(), name="stats"),
                         tasks.create_task(self._command_loop(commands), name="commands"),
                         tasks.create_task(self._ready_then_watch(), name="watchdog"),
+                        *(tasks.create_task(self._button(b), name=f"button-{b.name}")
+                          for b in settings.buttons),
                     ]
                     await self._stop.wait()
                     self.notifier.stopping("stopping: finishing the frame in flight")
@@ -159,6 +176,41 @@ class Daemon:
             else:
                 bound.info("camera_ended")
                 return
+
+    async def _button(self, config: ButtonConfig) -> None:
+        """Presses of one button turned into actions; a failing input is retried."""
+        bound = log.bind(button=config.name)
+        while True:
+            try:
+                async with build_button(config) as button:
+                    async for event in button:
+                        await self._act(config, event.kind)
+            except ButtonError as exc:
+                bound.error("button_failed", error=str(exc), pause=CAMERA_RESTART_PAUSE)
+                await asyncio.sleep(CAMERA_RESTART_PAUSE)
+
+    async def _act(self, config: ButtonConfig, kind: PressKind) -> None:
+        action = config.action_for(kind)
+        bound = log.bind(button=config.name, kind=kind)
+        try:
+            match action:
+                case EventAction(payload=payload):
+                    self.publisher.publish_event(event_payload(
+                        device=self.settings.device_id, source="button", name=config.name,
+                        kind=kind, payload=payload))
+                    return
+                case SwitchAction(pipeline=pipeline, model=model):
+                    await self.manager.switch(pipeline, model)
+                case CycleAction(pipeline=pipeline, models=models):
+                    choices = list(models or self.manager.allowed(pipeline))
+                    current = self.manager.pipeline_models().get(pipeline)
+                    following = choices[(choices.index(current) + 1) % len(choices)] \
+                        if current in choices else choices[0]
+                    await self.manager.switch(pipeline, following)
+        except (LifecycleError, KpuError) as exc:
+            bound.warning("button_action_failed", error=str(exc))
+            return
+        self._publish_models()
 
     async def _drain(self) -> None:
         """Give the frame in flight a moment to be published before everything stops."""
@@ -260,7 +312,8 @@ class Daemon:
             log.error("reload_refused", config=str(self.config_path), error=str(exc))
             self.notifier.ready(f"reload refused: {exc}"[:200])
             return
-        fixed = [section for section in ("mqtt", "kpu", "device_id", "models", "embedded_broker")
+        fixed = [section for section in ("mqtt", "kpu", "device_id", "models", "embedded_broker",
+                                         "buttons")
                  if getattr(settings, section) != getattr(self.settings, section)]
         if fixed:
             log.warning("reload_needs_restart", sections=fixed)

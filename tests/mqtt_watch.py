@@ -41,6 +41,8 @@ class Watcher:
         self.filters = filters
         self.strays: list[str] = []
         self._pending: list[Received] = []
+        self.history: list[Received] = []
+        """Every valid message, in arrival order, taken or not."""
         self._errors: list[BaseException] = []
         self._arrived = asyncio.Event()
 
@@ -59,7 +61,9 @@ class Watcher:
                     exc.add_note(f"message on {topic}: {payload[:500]!r}")
                     self._errors.append(exc)
                 else:
-                    self._pending.append(Received(topic, payload, message.retain, body))
+                    received = Received(topic, payload, message.retain, body)
+                    self._pending.append(received)
+                    self.history.append(received)
                 self._arrived.set()
 
     def raise_errors(self) -> None:
@@ -99,6 +103,7 @@ async def watch(broker: Broker, topics: Topics) -> AsyncIterator[Watcher]:
             topics.stats,
             topics.models,
             topics.cmd_result,
+            topics.events,
             f"{topics.prefix}/+/detections",
         ]
         await c.subscribe([(f, 1) for f in filters])

@@ -43,7 +43,7 @@ from edged.vision.detection import make_detections
 from tests.conftest import PROJECT
 
 SCHEMAS = PROJECT / "docs" / "schemas"
-SCHEMA_NAMES = ["detections", "stats", "models", "cmd_result", "command"]
+SCHEMA_NAMES = ["detections", "stats", "models", "cmd_result", "command", "event"]
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 
@@ -74,6 +74,8 @@ def check_message(topics: Topics, topic: str, payload: bytes) -> object:
         check("models", body)
     elif topic == topics.cmd_result:
         check("cmd_result", body)
+    elif topic == topics.events:
+        check("event", body)
     elif topic == topics.detections(body["camera"]):
         check("detections", body)
     else:

@@ -371,6 +371,25 @@ def command_result_payload(
     return payload
 
 
+class EventPayload(TypedDict):
+    v: int
+    device: str
+    ts: str
+    source: str
+    name: str
+    kind: str
+    payload: object
+
+
+def event_payload(
+    *, device: str, source: str, name: str, kind: str, payload: object,
+    now: datetime | None = None,
+) -> EventPayload:
+    """Something that happened on the device (a button press bound to an ``event`` action)."""
+    return {"v": CONTRACT_VERSION, "device": device, "ts": _now(now), "source": source,
+            "name": name, "kind": kind, "payload": payload}
+
+
 def request_id_of(payload: bytes) -> str | None:
     """The command's ``request_id`` if it has a usable one, so even a refusal can be matched."""
     try:

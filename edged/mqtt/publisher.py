@@ -34,6 +34,7 @@ from edged.mqtt.payloads import (
     CommandErrorCode,
     CommandResultPayload,
     DetectionsPayload,
+    EventPayload,
     ModelsPayload,
     PublisherStats,
     StatsPayload,
@@ -230,6 +231,10 @@ class MqttPublisher:
     def publish_models(self, payload: ModelsPayload) -> None:
         """Replace the retained models state; sent now if connected, else on the next connect."""
         self._set_retained(self.topics.models, encode(payload))
+
+    def publish_event(self, payload: EventPayload) -> None:
+        """Queue an event message; like a reply, it is kept across a reconnect."""
+        self._queue_result(_Outgoing(_Kind.RESULT, self.topics.events, encode(payload), None))
 
     def publish_result(self, payload: CommandResultPayload) -> None:
         """Queue a command's reply; kept across a reconnect, an overflow is counted."""

@@ -92,6 +92,10 @@ class Topics:
         return f"{self.prefix}/models"
 
     @property
+    def events(self) -> str:
+        return f"{self.prefix}/events"
+
+    @property
     def cmd_result(self) -> str:
         return f"{self.prefix}/cmd/{RESULT_VERB}"
 
