@@ -92,7 +92,6 @@ class Scheduler:
             asyncio.Queue(maxsize=2)
         )
         self._last_progress = time.monotonic()
-        self._waiting_for_frames = True
         self._in_flight = 0
         self.idle = asyncio.Event()
         """Set while no frame is between pre-processing and publishing."""
@@ -115,8 +114,8 @@ class Scheduler:
         self.routes = dict(routes)
 
     def stalled_for(self) -> float:
-        """Seconds without progress while frames were waiting (0 while there is no work)."""
-        if self._waiting_for_frames and self._prepared.empty():
+        """Seconds without a finished KPU run while a frame is in flight (0 when idle)."""
+        if self._in_flight == 0:
             return 0.0
         return time.monotonic() - self._last_progress
 
@@ -135,11 +134,9 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         while True:
             await self._room.acquire()
-            self._waiting_for_frames = True
             camera, frame = await self._rotation.take()
-            self._waiting_for_frames = False
-            if not any(b.full for b in self._boxes.values()):
-                self._last_progress = max(self._last_progress, frame.monotonic)
+            if self._in_flight == 0:  # work after a pause: the stall clock starts now
+                self._last_progress = time.monotonic()
             pipeline = self.routes.get(camera)
             active = self.manager.active(pipeline) if pipeline is not None else None
             if active is None:  # the pipeline is being swapped (or the camera just went)
