@@ -40,11 +40,9 @@ def check(path: Path | None, defaults: dict[str, object] | None = None) -> Check
 
 
 def _check_models(settings: Settings, report: CheckReport) -> None:
-    try:
-        registry = ModelRegistry.discover(model_search_path(settings.models.search_path))
-    except NotADirectoryError as exc:
-        report.problems.append(f"models.search_path: {exc}")
-        return
+    present, missing = settings.model_dirs
+    report.lines += [f"models.search_path: {path} does not exist (skipped)" for path in missing]
+    registry = ModelRegistry.discover(model_search_path(present))
     needed: dict[str, ModelCost] = {}
     for name in sorted(set(settings.routes.values())):
         try:

@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def model_dirs(self) -> tuple[list[Path], list[Path]]:
+        """The configured model directories that exist, and those that do not (yet): a site
+        folder with no models in it yet is not an error, a model that cannot be found is."""
+        paths = self.models.search_path
+        return [p for p in paths if p.is_dir()], [p for p in paths if not p.is_dir()]
+
+    @property
     def routes(self) -> dict[str, str]:
         """Camera name to the pipeline its frames go through."""
         return {c.name: c.pipeline for c in self.cameras}

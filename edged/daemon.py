@@ -106,7 +106,10 @@ class Daemon:
     async def run(self) -> None:
         faulthandler.enable()  # a watchdog SIGABRT prints every thread's stack
         settings = self.settings
-        registry = ModelRegistry.discover(model_search_path(settings.models.search_path))
+        present, missing = settings.model_dirs
+        for path in missing:
+            log.warning("model_directory_missing", path=str(path))
+        registry = ModelRegistry.discover(model_search_path(present))
         definitions = pipeline_definitions(settings, registry)
         async with contextlib.AsyncExitStack() as stack:
             if settings.embedded_broker == "auto" and not await listening(
