@@ -64,8 +64,10 @@ class DaemonProcess:
             self.env.pop("NOTIFY_SOCKET", None)
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_from = 0
 
     def start(self) -> Self:
+        self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
         command = [sys.executable, "-m", "edged.cli", "run", *self.args]
         if self.config is not None:
             command.append(str(self.config))
@@ -93,7 +95,12 @@ class DaemonProcess:
             self.proc.wait(10)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """What this run logged (earlier runs in the same folder are left out)."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_from)
+            return log.read().decode(errors="replace")
 
     def __enter__(self) -> Self:
         return self.start()
