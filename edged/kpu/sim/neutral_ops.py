@@ -179,35 +179,38 @@ def quantize(x: Float32Array, zero_point: int, scale: float) -> UInt8Array:
         return np.clip(rounded, 0, 255).astype(np.uint8)
 
 
+@numba.njit(inline="always", error_model="numpy")
+def _unary_value(op: int, v: float) -> float:  # pragma: no cover - jitted
+    """One ``unary_op_t`` (abs, ceil, cos, exp, floor, log, neg, rsqrt, sin, square) in
+    float32; the transcendental ones are the C library's float functions. nnil's unary
+    instructions are the same ops at 0x20 + op."""
+    if op == 0:
+        return abs(v)
+    if op == 1:
+        return np.ceil(v)
+    if op == 2:
+        return math.cos(v)
+    if op == 3:
+        return math.exp(v)
+    if op == 4:
+        return np.floor(v)
+    if op == 5:
+        return math.log(v)
+    if op == 6:
+        return -v
+    if op == 7:
+        return np.float32(1.0) / math.sqrt(v)
+    if op == 8:
+        return math.sin(v)
+    return v * v
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def unary(x: Float32Array, op: int) -> Float32Array:  # pragma: no cover - jitted
-    """Neutral ``unary`` (``op`` is ``unary_op_t``: abs, ceil, cos, exp, floor, log, neg,
-    rsqrt, sin, square); the transcendental ones are the C library's float functions."""
+    """Neutral ``unary`` over every value."""
     out = np.empty_like(x)
-    one = np.float32(1.0)
     for i in range(x.size):
-        v = x[i]
-        if op == 0:
-            r = abs(v)
-        elif op == 1:
-            r = np.ceil(v)
-        elif op == 2:
-            r = math.cos(v)
-        elif op == 3:
-            r = math.exp(v)
-        elif op == 4:
-            r = np.floor(v)
-        elif op == 5:
-            r = math.log(v)
-        elif op == 6:
-            r = -v
-        elif op == 7:
-            r = one / math.sqrt(v)
-        elif op == 8:
-            r = math.sin(v)
-        else:
-            r = v * v
-        out[i] = r
+        out[i] = _unary_value(op, x[i])
     return out
 
 
@@ -242,28 +245,7 @@ def nnil_unary_method(
                 stack[top] = constants[k]
                 top += 1
             elif op < 0x40:  # unary: operate on the top of the stack
-                v = stack[top - 1]
-                if op == 0x20:
-                    r = abs(v)
-                elif op == 0x21:
-                    r = np.ceil(v)
-                elif op == 0x22:
-                    r = math.cos(v)
-                elif op == 0x23:
-                    r = math.exp(v)
-                elif op == 0x24:
-                    r = np.floor(v)
-                elif op == 0x25:
-                    r = math.log(v)
-                elif op == 0x26:
-                    r = -v
-                elif op == 0x27:
-                    r = np.float32(1.0) / math.sqrt(v)
-                elif op == 0x28:
-                    r = math.sin(v)
-                else:
-                    r = v * v
-                stack[top - 1] = r
+                stack[top - 1] = _unary_value(op - 0x20, stack[top - 1])
             elif op < 0x80:  # binary: a (below) op b (top)
                 b = stack[top - 1]
                 a = stack[top - 2]
