@@ -187,19 +187,19 @@ def _unary_value(op: int, v: float) -> float:  # pragma: no cover - jitted
     if op == 0:
         return abs(v)
     if op == 1:
-        return np.ceil(v)
+        return np.ceil(v)  # type: ignore[no-any-return]
     if op == 2:
         return math.cos(v)
     if op == 3:
         return math.exp(v)
     if op == 4:
-        return np.floor(v)
+        return np.floor(v)  # type: ignore[no-any-return]
     if op == 5:
         return math.log(v)
     if op == 6:
         return -v
     if op == 7:
-        return np.float32(1.0) / math.sqrt(v)
+        return float(np.float32(1.0) / math.sqrt(v))
     if op == 8:
         return math.sin(v)
     return v * v
