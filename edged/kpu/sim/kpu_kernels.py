@@ -276,31 +276,25 @@ def _depthwise_lut(
     c, h, w = x.shape
     pad = k // 2
     padded = np.full((h + 2 * pad, w + 2 * pad), np.int32(pad_value))
-    across = np.empty((h + 2 * pad, w), np.int32)  # each padded row's k-wide sums
     row_acc = np.empty(w, np.int32)
+    row_sum = np.empty(w, np.int32)
     last = lut.size - 1
     for ch in range(c):
         padded[pad : pad + h, pad : pad + w] = x[ch]
-        for y in range(h + 2 * pad):
-            for xx in range(w):
-                across[y, xx] = padded[y, xx]
-            for kx in range(1, k):
-                for xx in range(w):
-                    across[y, xx] += padded[y, xx + kx]
         wt, m, sh, ad = w_term[ch], bn_mul[ch], bn_shift[ch], bn_add[ch]
         for y in range(h):
             row_acc[:] = 0
+            row_sum[:] = 0
             for ky in range(k):
                 row = padded[y + ky]
                 for kx in range(k):
                     wk = np.int32(weights[ch, ky * k + kx])
                     for xx in range(w):
-                        row_acc[xx] += row[xx + kx] * wk
+                        value = row[xx + kx]
+                        row_acc[xx] += value * wk
+                        row_sum[xx] += value
             for xx in range(w):
-                window = np.int64(across[y, xx])
-                for ky in range(1, k):
-                    window += across[y + ky, xx]
-                total = np.int64(row_acc[xx]) + ((arg_x * window) >> shift_x) + wt
+                total = np.int64(row_acc[xx]) + ((arg_x * np.int64(row_sum[xx])) >> shift_x) + wt
                 index = ((total * m) >> sh) + ad - lo
                 out[ch, y, xx] = lut[min(max(index, 0), last)]
 
