@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edged.config import ConfigError, Settings, load_settings
+from edged.kpu.serial.config import check_port
 from edged.kpu.sram import ModelCost, get_profile
 from edged.runtime.definitions import DefinitionError
 from edged.runtime.pipeline import load_pipeline, pipeline_path
@@ -35,6 +36,11 @@ def check(path: Path | None, defaults: dict[str, object] | None = None) -> Check
         report.problems.append(str(exc))
         return report
     report.lines.append(f"config {path or '(built-in demo)'}: valid; device {settings.device_id}")
+    serial = settings.kpu.serial
+    if settings.kpu.backend == "serial" and serial is not None:
+        problem = check_port(serial)
+        report.problems += [problem] if problem else []
+        report.lines += [] if problem else [f"kpu.serial.port {serial.port}: opens"]
     _check_models(settings, report)
     return report
 

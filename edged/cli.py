@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--annotate", metavar="OUT",
                        help="write the image with its boxes to OUT (a folder for several images)")
     infer.set_defaults(handler=_infer)
+
+    from edged.kpu.serial.cli import add_device_commands  # noqa: PLC0415
+
+    add_device_commands(commands)
     return parser
 
 

@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from edged.camera.config import CameraConfig
 from edged.control.config import ButtonConfig, GpioButtonConfig, SimulatedButtonConfig
+from edged.kpu.serial.config import SerialSettings
 from edged.kpu.sram import PROFILES
 from edged.mqtt.config import MqttSettings
 from edged.runtime.definitions import NAME_PATTERN, DefinitionError, validation_problems
@@ -48,7 +49,10 @@ class _Section(BaseModel):
 class KpuSettings(_Section):
     """Which accelerator runs the models, and under which memory budget."""
 
-    backend: Literal["sim"] = Field(default="sim", description="sim: the simulated K210")
+    backend: Literal["sim", "serial"] = Field(
+        default="sim",
+        description="sim: the simulated K210; serial: a Maix board running "
+        "deploy/k210/edged_board.py, on kpu.serial.port")
     profile: str = Field(
         default="c-sdk",
         description=f"SRAM budget of the runtime the models would run under: "
@@ -59,10 +63,16 @@ class KpuSettings(_Section):
         description="activation rounding on exact ties: nncase 0.2 (half-even) or 0.1",
     )
 
+    serial: SerialSettings | None = Field(
+        default=None, description='the board and its link, for backend = "serial"')
+
     @model_validator(mode="after")
     def _known_profile(self) -> Self:
         if self.profile not in PROFILES:
             raise ValueError(f"profile {self.profile!r} is not one of {', '.join(PROFILES)}")
+        if self.backend == "serial" and self.serial is None:
+            raise ValueError('backend "serial" needs a [kpu.serial] table with at least '
+                             'port = "/dev/ttyUSB0"')
         return self
 
 

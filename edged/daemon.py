@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import structlog
 
 from edged.camera.config import CameraConfig
@@ -27,13 +28,16 @@ from edged.camera.source import Camera
 from edged.config import ConfigError, Settings, load_settings
 from edged.control.buttons import ButtonError, build_button
 from edged.control.config import (
+    BoardButtonConfig,
     ButtonConfig,
     CycleAction,
     EventAction,
     PressKind,
     SwitchAction,
 )
+from edged.kpu.backend import KpuBackend
 from edged.kpu.errors import KpuError
+from edged.kpu.serial import BoardButton, BoardDetections, SerialKpu
 from edged.kpu.sim.backend import SimulatedKpu
 from edged.mqtt.commands import CommandHandler
 from edged.mqtt.embedded import embedded_broker, listening
@@ -48,10 +52,12 @@ from edged.mqtt.publisher import Command, MqttPublisher
 from edged.mqtt.reports import camera_report, models_report, sram_usage
 from edged.runtime.definitions import DefinitionError
 from edged.runtime.manager import LifecycleError, ModelManager
+from edged.runtime.manifest import Yolo2Config
 from edged.runtime.pipeline import PipelineDefinition, load_pipeline, pipeline_path
 from edged.runtime.registry import ModelRegistry, model_search_path
 from edged.runtime.scheduler import Result, Scheduler
 from edged.systemd import Notifier, Watchdog, status_line
+from edged.vision.detection import make_detections
 
 log = structlog.get_logger(component="daemon")
 
@@ -71,7 +77,10 @@ def pipeline_definitions(
 ) -> dict[str, PipelineDefinition]:
     """The pipelines the cameras use, each verified against its model now."""
     definitions = {}
-    for name in sorted(set(settings.routes.values())):
+    serial = settings.kpu.serial
+    streamed = {serial.stream_pipeline} if serial and serial.stream_pipeline and \
+        settings.kpu.backend == "serial" and serial.mode == "stream" else set()
+    for name in sorted(set(settings.routes.values()) | streamed):
         try:
             pipeline = load_pipeline(pipeline_path(name, settings.pipelines_dir), registry)
         except LookupError as exc:
@@ -116,13 +125,22 @@ class Daemon:
                     settings.mqtt.host, settings.mqtt.port):
                 await stack.enter_async_context(
                     embedded_broker(settings.mqtt.host, settings.mqtt.port))
-            self.backend = await stack.enter_async_context(
-                SimulatedKpu(settings.kpu.profile, settings.kpu.rounding))
+            self.board: SerialKpu | None = None
+            self.backend: KpuBackend
+            if settings.kpu.backend == "serial":
+                assert settings.kpu.serial is not None  # KpuSettings sees to it
+                self.board = await stack.enter_async_context(
+                    SerialKpu.from_settings(settings.kpu.serial, settings.kpu.profile))
+                self.backend = self.board
+            else:
+                self.backend = await stack.enter_async_context(
+                    SimulatedKpu(settings.kpu.profile, settings.kpu.rounding))
             self.manager = ModelManager(
                 self.backend, registry, definitions, preload=settings.models.preload,
                 allow=settings.models.allow, min_swap_interval=settings.models.min_swap_interval)
             await self.manager.start()
             stack.push_async_callback(self.manager.close)
+            await self._stream_on_board()
             commands: asyncio.Queue[Command] = asyncio.Queue(maxsize=16)
             self.publisher = await stack.enter_async_context(
                 MqttPublisher(settings.mqtt, device_id=settings.device_id, commands=commands))
@@ -142,8 +160,11 @@ class Daemon:
                         tasks.create_task(self._command_loop(commands), name="commands"),
                         tasks.create_task(self._ready_then_watch(), name="watchdog"),
                         *(tasks.create_task(self._button(b), name=f"button-{b.name}")
-                          for b in settings.buttons),
+                          for b in settings.buttons if not isinstance(b, BoardButtonConfig)),
                     ]
+                    if self.board is not None:
+                        others.append(tasks.create_task(self._board_events(self.board),
+                                                        name="board-events"))
                     await self._stop.wait()
                     self.notifier.stopping("stopping: finishing the frame in flight")
                     for feed in list(self._feeds.values()):
@@ -182,6 +203,7 @@ class Daemon:
 
     async def _button(self, config: ButtonConfig) -> None:
         """Presses of one button turned into actions; a failing input is retried."""
+        assert not isinstance(config, BoardButtonConfig)  # those come from the board
         bound = log.bind(button=config.name)
         while True:
             try:
@@ -214,6 +236,54 @@ class Daemon:
             bound.warning("button_action_failed", error=str(exc))
             return
         self._publish_models()
+        await self._stream_on_board()
+
+    # -- a Maix board on the serial link ------------------------------------------------------
+
+    async def _board_events(self, board: SerialKpu) -> None:
+        """The board's BOOT key runs the actions of the ``kind = "board"`` buttons; in stream
+        mode its detections are published like a camera's."""
+        async for event in board.events():
+            match event:
+                case BoardButton(kind=kind):
+                    for config in self.settings.buttons:
+                        if isinstance(config, BoardButtonConfig):
+                            await self._act(config, kind)
+                case BoardDetections():
+                    self._publish_board(event)
+
+    async def _stream_on_board(self) -> None:
+        """Stream mode: the board runs its pipeline's current model on its camera (again
+        after a swap: deinit of the old model stopped the stream on the board)."""
+        serial = self.settings.kpu.serial
+        if self.board is None or serial is None or serial.stream_pipeline is None:
+            return
+        model = self.manager.pipeline_models().get(serial.stream_pipeline)
+        handle = self.manager.resident().get(model) if model else None
+        if model is None or handle is None:
+            return
+        decoder = self.manager.registry.get(model).manifest.decoder
+        if not isinstance(decoder, Yolo2Config):
+            raise StartError(f"kpu.serial.stream_pipeline {serial.stream_pipeline}: model "
+                             f"{model} is not a YOLOv2 model; the board decodes only those")
+        await self.board.stream(handle, anchors=decoder.anchors, threshold=decoder.threshold,
+                                nms=decoder.nms, fps=serial.stream_fps)
+
+    def _publish_board(self, event: BoardDetections) -> None:
+        serial = self.settings.kpu.serial
+        if serial is None or serial.stream_pipeline is None or event.model is None:
+            return
+        frame = event.frame
+        boxes = np.array([[b.x, b.y, b.w, b.h] for b in frame.boxes], np.float64).reshape(-1, 4)
+        detections = make_detections(
+            boxes, np.array([b.score for b in frame.boxes]),
+            np.array([b.class_id for b in frame.boxes], np.int64),
+            self.manager.registry.get(event.model).manifest.labels, (frame.width, frame.height))
+        self.publisher.publish_detections(detections_payload(
+            device=self.settings.device_id, camera=serial.stream_camera,
+            pipeline=serial.stream_pipeline, model=event.model, frame=frame.frame,
+            captured_at=time.time(), latency_ms=float(frame.run_ms),
+            image_size=(frame.width, frame.height), detections=detections))
 
     async def _drain(self) -> None:
         """Give the frame in flight a moment to be published before everything stops."""

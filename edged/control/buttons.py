@@ -425,6 +425,8 @@ class SimulatedButton(Button):
             raise ButtonError(f"button {self.name!r}: cannot use {path}: {error}") from error
         else:
             writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
         raise ButtonError(
             f"button {self.name!r}: {path} is in use by another process (another edged?)"
         )

@@ -162,5 +162,13 @@ class SimulatedButtonConfig(_Button):
         return socket
 
 
-ButtonConfig = Annotated[GpioButtonConfig | SimulatedButtonConfig, Field(discriminator="kind")]
-"""One button, chosen by ``kind``: ``gpio`` or ``simulated``."""
+class BoardButtonConfig(_Button):
+    """The BOOT key of the Maix board (kpu.backend = "serial"); the board tells a press from
+    a long press (held 1 s: LONG_PRESS_MS in edged_board.py), so long_press_ms is unused."""
+
+    kind: Literal["board"] = Field(description="The Maix board's BOOT key.")
+
+
+ButtonConfig = Annotated[GpioButtonConfig | SimulatedButtonConfig | BoardButtonConfig,
+                         Field(discriminator="kind")]
+"""One button, chosen by ``kind``: ``gpio``, ``simulated`` or ``board``."""

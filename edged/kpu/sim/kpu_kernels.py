@@ -320,7 +320,7 @@ def _batchnorm_max2_lut(
                 b = np.int64(acc[o, top + 2 * ox + 1]) + x_term[top + 2 * ox + 1]
                 c = np.int64(acc[o, bottom + 2 * ox]) + x_term[bottom + 2 * ox]
                 d = np.int64(acc[o, bottom + 2 * ox + 1]) + x_term[bottom + 2 * ox + 1]
-                best = max(max(a, b), max(c, d))  # bn is monotone (mul >= 0): max first
+                best = max(a, b, c, d)  # bn is monotone (mul >= 0): max first
                 index = (((best + wt) * m) >> sh) + ad - lo
                 out[o, oy, ox] = lut[min(max(index, 0), last)]
 
