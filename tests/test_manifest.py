@@ -19,6 +19,9 @@ from edged.vision.preprocess import ColorOrder, Fit
 from tests.conftest import fixture_path, kmodel_path
 
 PROJECT_MANIFESTS = {"maixpy_face", "voc20_v3", "voc20_v4", "mnist", "ultraface", "iris"}
+"""Manifests of the fixture models: their kmodels are in ../shared/fixtures, not here."""
+SHIPPED = {"shapes"}
+"""Models the project makes and ships, kmodel and all (models/shapes.kmodel)."""
 
 FACE = PROJECT_MODELS / "maixpy_face.toml"
 MNIST = PROJECT_MODELS / "mnist.toml"
@@ -47,8 +50,10 @@ def edited(source: Path, old: str, new: str) -> str:
 def test_every_project_manifest_verifies_against_its_fixture_kmodel(
     registry: ModelRegistry,
 ) -> None:
-    assert set(registry.names) == PROJECT_MANIFESTS
+    assert set(registry.names) == PROJECT_MANIFESTS | SHIPPED
     assert registry.verify() == []
+    for name in SHIPPED:
+        assert registry.get(name).kmodel_path.parent == PROJECT_MODELS
     for name in PROJECT_MANIFESTS:
         entry = registry.get(name)
         assert entry.kmodel_path.parent == fixture_path("kmodels")

@@ -256,3 +256,36 @@ async def test_the_simulated_button_cycles_models(mqtt_broker: Broker, tmp_path:
                 seen.append(frame.body["model"])
             assert daemon.stop() == 0
     assert seen == ["voc20_v3", "maixpy_face"]
+
+
+async def test_the_boards_boot_key_switches_the_model_through_the_daemon(
+    mqtt_broker: Broker, tmp_path: Path
+) -> None:
+    """A Maix board on a serial line (the stand-in board on a pseudo-terminal) is the KPU;
+    its BOOT key, bound to a cycle action, swaps the pipeline's model."""
+    from tests.maixpy_standin.harness import StandinBoard  # noqa: PLC0415 - spawns a board
+
+    with StandinBoard(tmp_path / "board") as board:
+        config = write_config(
+            tmp_path / "site.toml", mqtt_broker, [camera()], device="board",
+            models={"min_swap_interval": 0},
+            kpu={"backend": "serial", "profile": "c-sdk",
+                 "serial": {"port": board.port, "mode": "host", "timeout": 2.0}})
+        with config.open("a") as f:
+            f.write('\n[[buttons]]\nname = "boot"\nkind = "board"\n'
+                    '[buttons.on_press]\naction = "cycle"\npipeline = "face"\n'
+                    'models = ["maixpy_face", "voc20_v3"]\n')
+        topics = Topics.for_device("board")
+        async with watch(mqtt_broker, topics) as watcher:
+            with DaemonProcess(config, tmp_path) as daemon:
+                await started(watcher, topics)
+                board.key_down()
+                await asyncio.sleep(0.2)
+                board.key_up()
+
+                def new_model(m: Received) -> bool:
+                    return bool(m.body["model"] == "voc20_v3")
+
+                frame = await watcher.next(topics.detections("cam"), new_model, 60)
+                assert daemon.stop() == 0
+        assert frame.body["model"] == "voc20_v3"

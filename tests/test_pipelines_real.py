@@ -68,7 +68,7 @@ def xywh(detection: Detection) -> list[float]:
 
 def test_every_project_pipeline_binds_to_its_model(registry: ModelRegistry) -> None:
     names = pipeline_names(PROJECT_PIPELINES)
-    assert set(names) == {"face", "voc20", "ultraface", "mnist"}
+    assert set(names) == {"face", "voc20", "ultraface", "mnist", "shapes"}
     for name in names:
         pipeline = load_pipeline(PROJECT_PIPELINES / f"{name}.toml", registry)
         assert pipeline.name == name
