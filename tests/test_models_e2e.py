@@ -21,6 +21,7 @@ from edged.mqtt.topics import Topics
 from tests.broker import Broker
 from tests.conftest import PROJECT, fixture_path, kmodel_path
 from tests.daemon_proc import DaemonProcess, write_config
+from tests.maixpy_standin.harness import StandinBoard
 from tests.mqtt_watch import Received, Watcher, watch
 
 START = 60.0
@@ -263,7 +264,6 @@ async def test_the_boards_boot_key_switches_the_model_through_the_daemon(
 ) -> None:
     """A Maix board on a serial line (the stand-in board on a pseudo-terminal) is the KPU;
     its BOOT key, bound to a cycle action, swaps the pipeline's model."""
-    from tests.maixpy_standin.harness import StandinBoard  # noqa: PLC0415 - spawns a board
 
     with StandinBoard(tmp_path / "board") as board:
         config = write_config(
