@@ -50,7 +50,11 @@ def _check_models(settings: Settings, report: CheckReport) -> None:
     report.lines += [f"models.search_path: {path} does not exist (skipped)" for path in missing]
     registry = ModelRegistry.discover(model_search_path(present))
     needed: dict[str, ModelCost] = {}
-    for name in sorted(set(settings.routes.values())):
+    wanted = set(settings.routes.values())
+    serial = settings.kpu.serial
+    if serial is not None and serial.stream_pipeline is not None:
+        wanted.add(serial.stream_pipeline)  # the board runs it on its own camera
+    for name in sorted(wanted):
         try:
             pipeline = load_pipeline(pipeline_path(name, settings.pipelines_dir), registry)
         except (DefinitionError, LookupError) as exc:
@@ -58,7 +62,8 @@ def _check_models(settings: Settings, report: CheckReport) -> None:
             continue
         model = pipeline.model
         needed[model.name] = ModelCost.of(model.kmodel)
-        cameras = ", ".join(c for c, p in settings.routes.items() if p == name)
+        cameras = ", ".join(c for c, p in settings.routes.items() if p == name) or (
+            "the board's camera")
         report.lines.append(f"pipeline {name}: model {model.name} ({model.kmodel_path}), "
                             f"sha256 ok; cameras {cameras}")
     for name in settings.models.preload:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import faulthandler
 import signal
 import time
@@ -320,7 +321,7 @@ class Daemon:
         self._kpu_busy_mark = (now, kpu.busy_seconds)
         busy = min(1.0, max(0.0, (kpu.busy_seconds - busy_then) / max(now - since, 1e-9)))
         swaps = self.manager.stats
-        last = swaps.times.percentiles_ms(1.0)[0]
+        last = None if swaps.last is None else round(swaps.last * 1e3, 2)
         swap_stats: SwapStats = {"ok": swaps.swaps, "failed": swaps.failed, "last_ms": last}
         cameras = {
             name: camera_report(feed.camera.stats, self.scheduler.flows[name],
@@ -328,17 +329,21 @@ class Daemon:
             for name, feed in self._feeds.items() if name in self.scheduler.boxes
         }
         flows = self.scheduler.flows.values()
+        counters = {"config_reloads": self._reloads,
+                    "commands_handled": self.handler.handled,
+                    "commands_refused": self.handler.refused,
+                    "frames_dropped_swap": sum(f.dropped_swap for f in flows),
+                    "frame_errors": sum(f.errors for f in flows)}
+        if self.board is not None:  # the serial link: throughput, frames, errors
+            link = dataclasses.asdict(self.board.link_stats())
+            counters.update({f"link_{k}": v for k, v in link.items()
+                             if isinstance(v, int) and not isinstance(v, bool)})
         return stats_payload(
             device=self.settings.device_id, uptime_s=round(now - self._started, 1),
             interval_s=self.settings.stats.interval, cameras=cameras,
             kpu={"backend": self.settings.kpu.backend, "busy": round(busy, 3), "runs": kpu.runs},
             sram=sram_usage(self.manager.memory()), mqtt=self.publisher.stats(),
-            swaps=swap_stats,
-            counters={"config_reloads": self._reloads,
-                      "commands_handled": self.handler.handled,
-                      "commands_refused": self.handler.refused,
-                      "frames_dropped_swap": sum(f.dropped_swap for f in flows),
-                      "frame_errors": sum(f.errors for f in flows)})
+            swaps=swap_stats, counters=counters)
 
     def _status(self) -> str:
         fps = {name: feed.camera.stats.fps() for name, feed in self._feeds.items()}

@@ -287,5 +287,10 @@ async def test_the_boards_boot_key_switches_the_model_through_the_daemon(
                     return bool(m.body["model"] == "voc20_v3")
 
                 frame = await watcher.next(topics.detections("cam"), new_model, 60)
+                stats = (await watcher.next(topics.stats, wait=10)).body
                 assert daemon.stop() == 0
         assert frame.body["model"] == "voc20_v3"
+        link = stats["counters"]  # the stats show the link's traffic, frames and errors
+        assert link["link_bytes_out"] > 0
+        assert link["link_frames_in"] > 0
+        assert link["link_bad_frames"] == 0

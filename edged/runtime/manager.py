@@ -113,6 +113,8 @@ Announce = Callable[[Change], Awaitable[None]]
 class SwapStats:
     swaps: int = 0
     failed: int = 0
+    last: float | None = None
+    """Seconds the latest successful swap took."""
     times: LatencyWindow = field(default_factory=lambda: LatencyWindow(100))
 
     def as_dict(self) -> dict[str, object]:
@@ -266,6 +268,7 @@ class ModelManager:
                 await announce(change)
             self._activate(pipeline, bound, self._resident[model])
             self.stats.swaps += 1
+            self.stats.last = change.seconds
             self.stats.times.add(change.seconds)
             log.info("model_switched", **change.as_dict())
             return change
