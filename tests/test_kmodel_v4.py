@@ -23,6 +23,7 @@ from edged.kpu.errors import KmodelError, KmodelFormatError, RunError
 from edged.kpu.kmodel import parse_kmodel
 from edged.kpu.kmodel.kpu_regs import KPU_RAM_BYTES, kpu_rows
 from edged.kpu.kmodel.v4 import KpuConv2d, MemoryType, Opcode, V4Program
+from edged.kpu.report import random_inputs
 from edged.kpu.sim.executor import Rounding, create_executor
 from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_download
 from tests.conftest import V4_MODELS, golden_cases, kmodel_path
@@ -236,12 +237,7 @@ def test_every_traced_node_matches(name: str, case_name: str) -> None:
 def test_runs_are_deterministic(name: str) -> None:
     model = parse_kmodel(kmodel_path(name).read_bytes())
     executor = create_executor(model)
-    rng = np.random.default_rng(11)
-    spec = model.inputs[0]
-    if spec.dtype == "uint8":
-        value = rng.integers(0, 256, spec.shape).astype(np.uint8)
-    else:
-        value = rng.normal(size=spec.shape).astype(np.float32)
+    (value,) = random_inputs(model, seed=11)
     first = executor.run([value])
     executor.run([np.full_like(value, 7)])  # nothing of this run may leak into the next
     again = executor.run([value])

@@ -7,6 +7,7 @@ import pytest
 
 from edged.kpu.errors import RunError
 from edged.kpu.kmodel import parse_kmodel
+from edged.kpu.report import random_inputs
 from edged.kpu.sim.executor import Rounding, create_executor
 from tests.conftest import V3_MODELS, golden_cases, kmodel_path
 
@@ -60,12 +61,7 @@ def test_face_model_every_kpu_layer_matches_the_trace() -> None:
 def test_runs_are_deterministic(name: str) -> None:
     model = parse_kmodel(kmodel_path(name).read_bytes())
     executor = create_executor(model)
-    rng = np.random.default_rng(3)
-    spec = model.inputs[0]
-    if spec.dtype == "uint8":
-        value = rng.integers(0, 256, spec.shape).astype(np.uint8)
-    else:
-        value = rng.normal(size=spec.shape).astype(np.float32)
+    (value,) = random_inputs(model, seed=3)
     first = executor.run([value])
     executor.run([np.zeros_like(value)])  # whatever ran in between must not leak
     again = executor.run([value])
@@ -84,3 +80,34 @@ def test_wrong_inputs_are_run_errors() -> None:
         executor.run([np.zeros((1, 28, 27), np.uint8)])
     with pytest.raises(RunError, match="1 input"):
         executor.run([])
+
+
+def test_quantized_add_matches_kpu_c() -> None:
+    """``kpu_quantized_add`` against a plain loop written from kpu.c, both shift paths."""
+    from edged.kpu.sim.v3_exec import _quantized_add
+
+    def reference(a: np.ndarray, b: np.ndarray, p: np.ndarray) -> np.ndarray:
+        off_a, mul_a, sh_a, off_b, mul_b, sh_b, off_o, mul_o, sh_o = (int(v) for v in p)
+        out = []
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            va, vb = (x + off_a) * mul_a, (y + off_b) * mul_b
+            v = (va + vb) >> sh_a if sh_a == sh_b else (va >> sh_a) + (vb >> sh_b)
+            v *= mul_o
+            if sh_o > 0:  # kpu_carry_shift
+                v >>= sh_o - 1
+                v = ((v >> 1) - 1 if v < 0 else (v >> 1) + 1) if v & 1 else v >> 1
+            out.append(min(255, max(0, v + off_o)))
+        return np.array(out, np.uint8)
+
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        a, b = (rng.integers(0, 256, 64, dtype=np.uint8) for _ in range(2))
+        shift_a = int(rng.integers(0, 20))
+        shift_b = shift_a if trial % 2 else int(rng.integers(0, 20))
+        params = np.array([rng.integers(-128, 128), rng.integers(-2**15, 2**15), shift_a,
+                           rng.integers(-128, 128), rng.integers(-2**15, 2**15), shift_b,
+                           rng.integers(-64, 64), rng.integers(-2**15, 2**15),
+                           rng.integers(0, 24)], np.int64)
+        out = np.empty(64, np.uint8)
+        _quantized_add(a, b, params, out)
+        np.testing.assert_array_equal(out, reference(a, b, params))

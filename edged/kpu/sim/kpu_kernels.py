@@ -170,6 +170,18 @@ class Activation:
         return lo, lut
 
 
+@numba.njit(inline="always")
+def kpu_carry_shift(value: int, shift: int) -> int:  # pragma: no cover - jitted
+    """The SDK's ``kpu_carry_shift`` (``kpu.c``): ``value / 2**shift``, an exact half
+    rounded away from zero, read off the last bit shifted out."""
+    if shift <= 0:
+        return value
+    value >>= shift - 1
+    if value & 1:
+        return (value >> 1) - 1 if value < 0 else (value >> 1) + 1
+    return value >> 1
+
+
 @numba.njit(nogil=True, cache=True)
 def _activate(
     v: Int64Array, start: Int64Array, threshold: Int64Array, mul: Int64Array,
@@ -195,10 +207,8 @@ def _activate(
             sign = np.int64(-1) if p < 0 else np.int64(1)
             up = (frac > hf) | ((frac == hf) & ((integral & 1) == 1))
             r = integral + sign if up else integral
-        else:  # the SDK's kpu_carry_shift
-            t = p >> max(sft - 1, 0)
-            r = (t >> 1) + ((t & 1) * (np.int64(-1) if t < 0 else np.int64(1)))
-            r = p if sft == 0 else r
+        else:
+            r = kpu_carry_shift(p, sft)
         r += add[s]
         out[i] = min(max(r, 0), 255)
 

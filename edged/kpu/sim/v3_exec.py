@@ -20,7 +20,7 @@ from edged.kpu.kmodel import v3
 from edged.kpu.kmodel.kpu_regs import KPU_RAM_BYTES, RowLayout
 from edged.kpu.kmodel.model import KModel, Layer
 from edged.kpu.sim.executor import LayerObserver, Rounding, check_inputs
-from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_download, kpu_upload
+from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_carry_shift, kpu_download, kpu_upload
 
 F32 = np.float32
 FLT_MIN = F32(1.17549435e-38)
@@ -52,14 +52,7 @@ def _quantized_add(
         va = (np.int64(a[i]) + off_a) * mul_a
         vb = (np.int64(b[i]) + off_b) * mul_b
         v = (va + vb) >> sh_a if sh_a == sh_b else (va >> sh_a) + (vb >> sh_b)
-        v *= mul_o
-        if sh_o > 0:  # kpu_carry_shift
-            v >>= sh_o - 1
-            if v & 1:
-                v = (v >> 1) - 1 if v < 0 else (v >> 1) + 1
-            else:
-                v >>= 1
-        v += off_o
+        v = kpu_carry_shift(v * mul_o, sh_o) + off_o
         out[i] = min(255, max(0, v))
 
 
