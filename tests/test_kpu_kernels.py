@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 
 from edged.kpu.kmodel.kpu_regs import KpuConv, KpuLayerArgument, PoolType, RowLayout
 from edged.kpu.sim.executor import Rounding
-from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_download, kpu_pool, kpu_upload
+from edged.kpu.sim.kpu_kernels import (
+    LINEAR,
+    PER_VALUE,
+    TABLE,
+    PreparedConv,
+    kpu_download,
+    kpu_pool,
+    kpu_upload,
+)
 
 # --- the reference, from the SDK ----------------------------------------------------------
 
@@ -171,24 +179,41 @@ def random_conv(rng: np.random.Generator, *, depthwise: bool, k: int, ic: int, o
 
 
 def nncase_like_conv(rng: np.random.Generator, *, k: int, ic: int, oc: int, h: int, w: int,
-                     pool: PoolType) -> KpuConv:
-    """A layer shaped like nncase's output (ReLU table, positive bn), where the kernels use
-    their lookup-table and pool-before-activation paths."""
-    conv = random_conv(rng, depthwise=False, k=k, ic=ic, oc=oc, h=h, w=w, pool=pool)
-    mul = np.zeros(16, np.int64)
-    mul[10] = 1024
-    shift = np.zeros(16, np.int64)
-    shift[10] = 20
-    starts = np.array([-(1 << 35), -9, -8, -7, -6, -5, -4, -3, -2, -1, 0] + [(1 << 35) - 16 + i
-                      for i in range(5)], np.int64)
+                     pool: PoolType, leaky: bool = False, depthwise: bool = False) -> KpuConv:
+    """A layer shaped like nncase's output, positive bn: a ReLU (the MaixPy face model's
+    table, which the kernels compute as one linear segment) or a leaky ReLU chopped into 14
+    segments (VOC20's, which they look up in a table)."""
+    conv = random_conv(rng, depthwise=depthwise, k=k, ic=ic, oc=oc, h=h, w=w, pool=pool)
+    if leaky:
+        starts = np.array([-(1 << 35), -119808] + [-119808 + 10240 * i for i in range(14)],
+                          np.int64)
+        mul = np.array([0, *[102] * 14, 1024], np.int64)
+        shift = np.array([0, *[20] * 15], np.int64)
+        add = np.array([0, 0, *range(14)], np.int64)
+    else:
+        mul = np.zeros(16, np.int64)
+        mul[10] = 1024
+        shift = np.zeros(16, np.int64)
+        shift[10] = 20
+        starts = np.array([-(1 << 35), -9, -8, -7, -6, -5, -4, -3, -2, -1, 0]
+                          + [(1 << 35) - 16 + i for i in range(5)], np.int64)
+        add = np.zeros(16, np.int64)
     # values spread over the table's linear stretch: no extra terms, gains near 1
     arg = dataclasses.replace(conv.arg, arg_x=0, arg_w=0, arg_add=0)
+    oc, taps = conv.weights.shape
     return dataclasses.replace(
         conv, arg=arg, bn_mul=rng.integers(1 << 13, 1 << 14, oc).astype(np.int64),
         bn_shift=np.full(oc, 15, np.int64),
-        bn_add=rng.integers(-(1 << 17), 0, oc).astype(np.int64), act_start=starts,
-        act_mul=mul, act_shift=shift, act_add=np.zeros(16, np.int64),
+        bn_add=rng.integers(-(taps << 13), 0, oc).astype(np.int64), act_start=starts,
+        act_mul=mul, act_shift=shift, act_add=add,
     )
+
+
+def unsorted_starts(conv: KpuConv) -> KpuConv:
+    """The layer with its segment starts 1..15 in descending order: no table is built."""
+    starts = conv.act_start.copy()
+    starts[1:] = np.sort(starts[1:])[::-1]
+    return dataclasses.replace(conv, act_start=starts)
 
 
 ROUNDINGS: list[Rounding] = ["half-even", "half-up"]
@@ -215,26 +240,35 @@ def test_long_sums_are_split_exactly() -> None:
     conv = random_conv(rng, depthwise=False, k=3, ic=130, oc=3, h=3, w=4)
     x = rng.integers(0, 256, (130, 3, 4)).astype(np.uint8)
     prepared = PreparedConv.from_conv(conv, "half-even")
-    assert prepared.w_centred is not None
-    assert len(prepared.w_centred) == 2
+    assert prepared.w_gemm is not None
+    assert len(prepared.w_gemm) == 2
     np.testing.assert_array_equal(prepared.run(x), ref_conv(conv, x, True))
 
 
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("depthwise", [False, True])
 @pytest.mark.parametrize("pool", list(PoolType))
-def test_conv_with_pool_matches_reference(pool: PoolType) -> None:
-    """Both the generic path and the lookup-table path that pools before the activation."""
-    rng = np.random.default_rng(int(pool))
-    generic = random_conv(rng, depthwise=False, k=3, ic=2, oc=3, h=8, w=9, pool=pool)
-    tabled = nncase_like_conv(rng, k=3, ic=2, oc=3, h=8, w=9, pool=pool)
-    for conv in (generic, tabled):
-        x = rng.integers(0, 256, (2, 8, 9)).astype(np.uint8)
-        prepared = PreparedConv.from_conv(conv, "half-even")
-        expected = ref_pool(ref_conv(conv, x, True), pool)
-        np.testing.assert_array_equal(prepared.run(x), expected)
-    # the nncase-like layer takes the table path, and pools first where that commutes
-    assert prepared.lut is not None
-    assert prepared.pool_first == (pool.name.startswith(("MAX", "LEFT", "RIGHT")))
-    assert len(np.unique(ref_conv(tabled, x, True))) > 2  # values span the table's range
+def test_each_activation_path_with_each_pool(pool: PoolType, depthwise: bool,
+                                             rounding: Rounding) -> None:
+    """Per value (random tables), one linear segment (ReLU) and a lookup table (leaky)."""
+    rng = np.random.default_rng(int(pool) + 20 * depthwise)
+    layers = {
+        PER_VALUE: unsorted_starts(random_conv(rng, depthwise=depthwise, k=3, ic=2, oc=2, h=8,
+                                               w=9, pool=pool)),
+        LINEAR: nncase_like_conv(rng, k=3, ic=2, oc=2, h=8, w=9, pool=pool,
+                                 depthwise=depthwise),
+        TABLE: nncase_like_conv(rng, k=3, ic=2, oc=2, h=8, w=9, pool=pool, leaky=True,
+                                depthwise=depthwise),
+    }
+    for kind, conv in layers.items():
+        prepared = PreparedConv.from_conv(conv, rounding)
+        assert prepared.act[0] == kind
+        for _ in range(3):
+            x = rng.integers(0, 256, (2, 8, 9)).astype(np.uint8)
+            expected = ref_pool(ref_conv(conv, x, rounding == "half-even"), pool)
+            np.testing.assert_array_equal(prepared.run(x), expected)
+        if kind != PER_VALUE:  # values span the activation's range
+            assert len(np.unique(ref_conv(conv, x, rounding == "half-even"))) > 2
 
 
 @pytest.mark.parametrize("pool", list(PoolType))

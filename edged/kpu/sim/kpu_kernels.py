@@ -14,8 +14,14 @@ exact integer: with ``x' = x - 128`` and ``w' = w - 128`` every product is at mo
 magnitude, so any partial sum of up to 1024 products is an integer below 2**24 and float32
 holds it exactly, whatever order BLAS adds in. Longer sums are split into such chunks and
 added in float64. ``sum(x*w) = sum(x'w') + 128 sum(x) + 128 sum(w) - 128**2 K`` restores the
-uint8 product. Depthwise layers, the epilogue (bias terms, batch-norm, activation) and the
-pools are numba kernels that release the GIL.
+uint8 product; a row of ones under the weights makes the same GEMM give ``sum(x')``.
+
+3x3 windows are read as runs of the flattened padded planes (rows ``w + 2`` apart; the two
+padding columns of each output row are computed and dropped), so every loop is long and
+contiguous. Depthwise layers and the epilogue (bias terms, batch-norm, activation, pool) are
+numba kernels that release the GIL and run a channel at a time in cache; the activation is
+one segment's formula where that is exact over every reachable value (a ReLU), else a
+lookup table, both computed branch-free so that they vectorise.
 """
 
 from __future__ import annotations
@@ -123,6 +129,30 @@ class Activation:
                   self.mask, self.half, self.add, self.half_even, self.sorted_starts, out)
         return out
 
+    def only(self, s: int) -> Activation:
+        """This activation with every segment replaced by segment ``s``."""
+        def same(table: Int64Array) -> Int64Array:
+            return np.full(16, table[s], np.int64)
+
+        return Activation(same(self.start), same(self.threshold), same(self.mul),
+                          same(self.shift), same(self.mask), same(self.half), same(self.add),
+                          self.half_even, True)
+
+    def linear_segment(self, vmin: int, vmax: int, table: tuple[int, UInt8Array]) -> int | None:
+        """The segment whose formula alone gives this activation for every value in
+        ``[vmin, vmax]`` (a ReLU's), or None.
+
+        ``table`` is :meth:`lookup_table`'s; the formula of a segment with a non-negative
+        slope is non-decreasing, so agreeing over the table and at both ends is enough.
+        """
+        lo, lut = table
+        s = int(np.count_nonzero(self.threshold[1:] < lo + lut.size - 1))
+        if self.mul[s] < 0:
+            return None
+        probe = np.concatenate([np.arange(lo, lo + lut.size, dtype=np.int64), [vmin, vmax]])
+        want = np.concatenate([lut, lut[[0, -1]]])
+        return s if np.array_equal(self.only(s)(probe), want) else None
+
     def lookup_table(self, vmin: int, vmax: int) -> tuple[int, UInt8Array] | None:
         """``(lo, lut)`` with ``act(v) == lut[clip(v - lo, 0, len - 1)]`` for every ``v`` in
         ``[vmin, vmax]``, or None when no table of at most LUT_LIMIT entries is exact.
@@ -183,6 +213,22 @@ def kpu_carry_shift(value: int, shift: int) -> int:  # pragma: no cover - jitted
 
 
 @numba.njit(nogil=True, cache=True)
+def _segment(v: int, start: int, mul: int, shift: int, mask: int, half: int, add: int,
+             half_even: bool) -> np.int64:  # pragma: no cover - jitted
+    """One activation segment: ``carry_shift((v - start) * mul, shift) + add`` in 0..255."""
+    p = (v - start) * mul
+    if half_even:  # nncase's carry_shift<int64_t, true>, its sign quirk included
+        integral = p >> shift
+        frac = p & mask
+        sign = np.int64(-1) if p < 0 else np.int64(1)
+        up = (frac > half) | ((frac == half) & ((integral & 1) == 1))
+        r = integral + sign if up else integral
+    else:
+        r = kpu_carry_shift(p, shift)
+    return np.int64(min(max(r + add, 0), 255))
+
+
+@numba.njit(nogil=True, cache=True)
 def _activate(
     v: Int64Array, start: Int64Array, threshold: Int64Array, mul: Int64Array,
     shift: Int64Array, mask: Int64Array, half: Int64Array, add: Int64Array, half_even: bool,
@@ -198,207 +244,63 @@ def _activate(
             s = np.uint64(15)
             while s > 0 and not v[i] > threshold[s]:
                 s -= np.uint64(1)
-        p = (v[i] - start[s]) * mul[s]
-        sft = shift[s]
-        if half_even:  # nncase's carry_shift<int64_t, true>, its sign quirk included
-            integral = p >> sft
-            frac = p & mask[s]
-            hf = half[s]
-            sign = np.int64(-1) if p < 0 else np.int64(1)
-            up = (frac > hf) | ((frac == hf) & ((integral & 1) == 1))
-            r = integral + sign if up else integral
-        else:
-            r = kpu_carry_shift(p, sft)
-        r += add[s]
-        out[i] = min(max(r, 0), 255)
+        out[i] = _segment(v[i], start[s], mul[s], shift[s], mask[s], half[s], add[s],
+                          half_even)
 
-
-@numba.njit(nogil=True, cache=True)
-def _batchnorm(
-    acc: npt.NDArray[np.generic], x_term: Int64Array, w_term: Int64Array, bn_mul: Int64Array,
-    bn_shift: Int64Array, bn_add: Int64Array, v: Int64Array,
-) -> None:  # pragma: no cover - jitted
-    """``v[o, i] = ((acc[o, i] + x_term[i] + w_term[o]) * mul >> shift) + add``."""
-    oc, n = acc.shape
-    for o in range(oc):
-        wt, m, sh, ad = w_term[o], bn_mul[o], bn_shift[o], bn_add[o]
-        for i in range(n):
-            v[o, i] = (((np.int64(acc[o, i]) + x_term[i] + wt) * m) >> sh) + ad
-
-
-@numba.njit(nogil=True, cache=True)
-def _batchnorm_lut(
-    acc: npt.NDArray[np.generic], x_term: Int64Array, w_term: Int64Array, bn_mul: Int64Array,
-    bn_shift: Int64Array, bn_add: Int64Array, lo: int, lut: UInt8Array, out: UInt8Array,
-) -> None:  # pragma: no cover - jitted
-    """Batch-norm, then the activation through its lookup table."""
-    oc, n = acc.shape
-    last = lut.size - 1
-    for o in range(oc):
-        wt, m, sh, ad = w_term[o], bn_mul[o], bn_shift[o], bn_add[o]
-        for i in range(n):
-            v = (((np.int64(acc[o, i]) + x_term[i] + wt) * m) >> sh) + ad - lo
-            out[o, i] = lut[min(max(v, 0), last)]
-
-
-@numba.njit(nogil=True, cache=True)
-def _depthwise(
-    x: UInt8Array, weights: npt.NDArray[np.int64], k: int, pad_value: int, arg_x: int,
-    shift_x: int, acc: Int64Array,
-) -> None:  # pragma: no cover - jitted
-    """Depthwise 1x1 or 3x3 (pad 1) sums, with the per-value arg_x term folded in.
-
-    A 3x3 window sums at most 9 * 255 * 255 < 2**31, so the planes are int32 (twice the
-    SIMD lanes of int64).
-    """
-    c, h, w = x.shape
-    pad = k // 2
-    padded = np.full((h + 2 * pad, w + 2 * pad), np.int32(pad_value))
-    total = np.empty((h, w), np.int32)
-    sums = np.empty((h, w), np.int32)
-    for ch in range(c):
-        padded[pad : pad + h, pad : pad + w] = x[ch]
-        total[:] = 0
-        sums[:] = 0
-        for ky in range(k):
-            for kx in range(k):
-                wk = np.int32(weights[ch, ky * k + kx])
-                for y in range(h):
-                    row = padded[y + ky]
-                    for xx in range(w):
-                        value = row[xx + kx]
-                        total[y, xx] += value * wk
-                        sums[y, xx] += value
-        for y in range(h):
-            for xx in range(w):
-                acc[ch, y * w + xx] = np.int64(total[y, xx]) + (
-                    (arg_x * np.int64(sums[y, xx])) >> shift_x)
-
-
-@numba.njit(nogil=True, cache=True)
-def _depthwise_lut(
-    x: UInt8Array, weights: npt.NDArray[np.int64], k: int, pad_value: int, arg_x: int,
-    shift_x: int, w_term: Int64Array, bn_mul: Int64Array, bn_shift: Int64Array,
-    bn_add: Int64Array, lo: int, lut: UInt8Array, out: UInt8Array,
-) -> None:  # pragma: no cover - jitted
-    """Depthwise convolution, batch-norm and table activation in one pass, a row at a time
-    (the row sums stay in L1; no per-value int64 array is written)."""
-    c, h, w = x.shape
-    pad = k // 2
-    padded = np.full((h + 2 * pad, w + 2 * pad), np.int32(pad_value))
-    row_acc = np.empty(w, np.int32)
-    row_sum = np.empty(w, np.int32)
-    last = lut.size - 1
-    for ch in range(c):
-        padded[pad : pad + h, pad : pad + w] = x[ch]
-        wt, m, sh, ad = w_term[ch], bn_mul[ch], bn_shift[ch], bn_add[ch]
-        for y in range(h):
-            row_acc[:] = 0
-            row_sum[:] = 0
-            for ky in range(k):
-                row = padded[y + ky]
-                for kx in range(k):
-                    wk = np.int32(weights[ch, ky * k + kx])
-                    for xx in range(w):
-                        value = row[xx + kx]
-                        row_acc[xx] += value * wk
-                        row_sum[xx] += value
-            for xx in range(w):
-                total = np.int64(row_acc[xx]) + ((arg_x * np.int64(row_sum[xx])) >> shift_x) + wt
-                index = ((total * m) >> sh) + ad - lo
-                out[ch, y, xx] = lut[min(max(index, 0), last)]
-
-
-@numba.njit(nogil=True, cache=True)
-def _batchnorm_max2_lut(
-    acc: npt.NDArray[np.generic], x_term: Int64Array, w_term: Int64Array, bn_mul: Int64Array,
-    bn_shift: Int64Array, bn_add: Int64Array, w: int, lo: int, lut: UInt8Array,
-    out: UInt8Array,
-) -> None:  # pragma: no cover - jitted
-    """Batch-norm, 2x2 stride-2 max pool and the table, fused for the commonest KPU pool:
-    a quarter of the table lookups and no int64 map written."""
-    oc = acc.shape[0]
-    _, oh, ow = out.shape
-    last = lut.size - 1
-    for o in range(oc):
-        wt, m, sh, ad = w_term[o], bn_mul[o], bn_shift[o], bn_add[o]
-        for oy in range(oh):
-            top = 2 * oy * w
-            bottom = top + w
-            for ox in range(ow):
-                a = np.int64(acc[o, top + 2 * ox]) + x_term[top + 2 * ox]
-                b = np.int64(acc[o, top + 2 * ox + 1]) + x_term[top + 2 * ox + 1]
-                c = np.int64(acc[o, bottom + 2 * ox]) + x_term[bottom + 2 * ox]
-                d = np.int64(acc[o, bottom + 2 * ox + 1]) + x_term[bottom + 2 * ox + 1]
-                best = max(a, b, c, d)  # bn is monotone (mul >= 0): max first
-                index = (((best + wt) * m) >> sh) + ad - lo
-                out[o, oy, ox] = lut[min(max(index, 0), last)]
-
-
-@numba.njit(nogil=True, cache=True)
-def _lookup(values: Int64Array, lo: int, lut: UInt8Array, out: UInt8Array) -> None:
-    """``out = lut[clip(values - lo)]``: the activation of values already batch-normed."""
-    last = lut.size - 1
-    flat_in, flat_out = values.reshape(-1), out.reshape(-1)
-    for i in range(flat_in.size):
-        flat_out[i] = lut[min(max(flat_in[i] - lo, 0), last)]
-
-
-def _pool_values(v: Int64Array, pool: PoolType) -> Int64Array:
-    """Max or select pooling of batch-norm values (int64), window views at a time."""
-    _c, h, w = v.shape
-    if pool is PoolType.MAX_2_S1:  # windows past the edge keep their in-map values only
-        v = np.pad(v, ((0, 0), (0, 1), (0, 1)), constant_values=np.iinfo(np.int64).min)
-    size, stride = pool.filter, pool.stride
-    oh, ow = h // stride, w // stride
-    if pool in _SELECT_POOLS:
-        dx = 1 if pool is PoolType.RIGHT_TOP_2_S2 else 0
-        return v[:, : oh * stride : stride, dx : dx + ow * stride : stride]
-    best = v[:, : oh * stride : stride, : ow * stride : stride].copy()
-    for ky in range(size):
-        for kx in range(size):
-            if ky or kx:
-                np.maximum(best, v[:, ky : ky + oh * stride : stride,
-                                   kx : kx + ow * stride : stride], out=best)
-    return best
 
 
 # --- pooling --------------------------------------------------------------------------------
 
 
 @numba.njit(nogil=True, cache=True)
-def _pool(x: UInt8Array, mode: int, out: UInt8Array) -> None:  # pragma: no cover - jitted
-    """``kpu_pool2d`` for uint8 maps; ``mode`` is a :class:`PoolType` value."""
-    c, h, w = x.shape
-    _, oh, ow = out.shape
+def _pool_plane(x: npt.NDArray[np.generic], mode: int,
+                out: npt.NDArray[np.generic]) -> None:  # pragma: no cover - jitted
+    """``kpu_pool2d`` of one (h, w) plane; ``mode`` is a :class:`PoolType` value.
+
+    Works on uint8 maps and on activation-table indices alike (both non-negative, so a max
+    that counts "outside the map" as 0 equals one that skips it).
+    """
+    h, w = x.shape
+    oh, ow = out.shape
+    if mode == 1:  # MAX_2_S2, the commonest: no window leaves the map
+        for oy in range(oh):
+            top, bottom = x[2 * oy], x[2 * oy + 1]
+            for ox in range(ow):
+                out[oy, ox] = max(top[2 * ox], top[2 * ox + 1], bottom[2 * ox],
+                                  bottom[2 * ox + 1])
+        return
     if mode in (3, 4, 7):
         size, stride = 4, 4
     elif mode in (8, 9):
         size, stride = 2, 1
     else:
         size, stride = 2, 2
-    for ch in range(c):
-        for oy in range(oh):
-            for ox in range(ow):
-                y0, x0 = oy * stride, ox * stride
-                if mode in (1, 3, 9):  # max; outside the map counts as 0 (uint8 lowest)
-                    best = x[ch, y0, x0] if y0 < h and x0 < w else np.uint8(0)
-                    for ky in range(size):
-                        for kx in range(size):
-                            iy, ix = y0 + ky, x0 + kx
-                            if iy < h and ix < w and x[ch, iy, ix] > best:
-                                best = x[ch, iy, ix]
-                    out[ch, oy, ox] = best
-                elif mode in (2, 4, 8):  # mean; outside the map repeats the edge
-                    total = np.int64(0)
-                    for ky in range(size):
-                        for kx in range(size):
-                            iy, ix = min(y0 + ky, h - 1), min(x0 + kx, w - 1)
-                            total += x[ch, iy, ix]
-                    out[ch, oy, ox] = total // (size * size)
-                else:  # select one pixel of the window (5, 7: left top; 6: right top)
-                    ix = x0 + 1 if mode == 6 else x0
-                    out[ch, oy, ox] = x[ch, y0, ix] if ix < w else 0
+    for oy in range(oh):
+        for ox in range(ow):
+            y0, x0 = oy * stride, ox * stride
+            if mode in (3, 9):  # max; outside the map counts as 0 (the lowest)
+                best = x[y0, x0]
+                for ky in range(size):
+                    for kx in range(size):
+                        iy, ix = y0 + ky, x0 + kx
+                        if iy < h and ix < w and x[iy, ix] > best:
+                            best = x[iy, ix]
+                out[oy, ox] = best
+            elif mode in (2, 4, 8):  # mean; outside the map repeats the edge
+                total = np.int64(0)
+                for ky in range(size):
+                    for kx in range(size):
+                        total += x[min(y0 + ky, h - 1), min(x0 + kx, w - 1)]
+                out[oy, ox] = total // (size * size)
+            else:  # select one pixel of the window (5, 7: left top; 6: right top)
+                ix = x0 + 1 if mode == 6 else x0
+                out[oy, ox] = x[y0, ix] if ix < w else 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _pool(x: UInt8Array, mode: int, out: UInt8Array) -> None:  # pragma: no cover - jitted
+    for ch in range(x.shape[0]):
+        _pool_plane(x[ch], mode, out[ch])
 
 
 def kpu_pool(x: UInt8Array, pool: PoolType) -> UInt8Array:
@@ -411,11 +313,161 @@ def kpu_pool(x: UInt8Array, pool: PoolType) -> UInt8Array:
     return out
 
 
+# --- batch-norm, activation and pooling of one output channel -------------------------------
+
+PER_VALUE, TABLE, LINEAR = 0, 1, 2
+"""How an epilogue computes the activation (the first item of its ``act`` tuple)."""
+
+
+@numba.njit(nogil=True, cache=True)
+def _finish_plane(
+    acc: npt.NDArray[np.generic], x_term: Int64Array, w_term: int, bn_mul: int, bn_shift: int,
+    bn_add: int, act: tuple[int, ...], lut: UInt8Array, mode: int, h: int, w: int,
+    index: npt.NDArray[np.int32], flat: UInt8Array, plane: UInt8Array, values: Int64Array,
+    out: UInt8Array,
+) -> None:  # pragma: no cover - jitted
+    """One channel's conv sums (``acc + x_term``: ``h`` rows ``len(acc) // h`` apart, of
+    which the first ``w`` columns count) through batch-norm, the activation and the pool.
+
+    ``act`` is ``(kind, table origin, start, mul, shift, mask, half, add, half_even)``.
+    LINEAR computes one segment's formula (a ReLU's); TABLE computes indices into ``lut``,
+    then looks them up. Both run branch-free over the whole plane, so they vectorise;
+    PER_VALUE leaves the batch-norm values in ``values`` for :class:`Activation`.
+    """
+    stride = acc.size // h
+    kind = act[0]
+    if kind == PER_VALUE:
+        for y in range(h):
+            for x in range(w):
+                p = y * stride + x
+                values[y, x] = (((np.int64(acc[p]) + x_term[p] + w_term) * bn_mul)
+                                >> bn_shift) + bn_add
+        return
+    direct = mode == 0 and stride == w  # the plane is the output, no copy or pool
+    dst = out.reshape(-1) if direct else flat
+    if kind == LINEAR:
+        half_even = act[8] != 0
+        for p in range(acc.size):
+            bn = (((np.int64(acc[p]) + x_term[p] + w_term) * bn_mul) >> bn_shift) + bn_add
+            dst[p] = _segment(bn, act[2], act[3], act[4], act[5], act[6], act[7], half_even)
+    else:
+        last, origin = lut.size - 1, act[1]
+        for p in range(acc.size):
+            bn = (((np.int64(acc[p]) + x_term[p] + w_term) * bn_mul) >> bn_shift) + bn_add
+            index[p] = min(max(bn - origin, 0), last)
+        for p in range(acc.size):
+            dst[p] = lut[index[p]]
+    if direct:
+        return
+    if stride == w:
+        _pool_plane(flat.reshape(h, w), mode, out)
+        return
+    grid = out if mode == 0 else plane
+    for y in range(h):  # drop the padding columns
+        row, dst_row = flat[y * stride : y * stride + w], grid[y]
+        for x in range(w):
+            dst_row[x] = row[x]
+    if mode != 0:
+        _pool_plane(plane, mode, out)
+
+
+@numba.njit(nogil=True, cache=True)
+def _finish_conv(
+    acc: npt.NDArray[np.generic], taps: int, centre: int, arg_x: int, shift_x: int,
+    w_term: Int64Array, bn_mul: Int64Array, bn_shift: Int64Array, bn_add: Int64Array,
+    act: tuple[int, ...], lut: UInt8Array, mode: int, h: int, w: int, values: Int64Array,
+    out: UInt8Array,
+) -> None:  # pragma: no cover - jitted
+    """The epilogue of a regular convolution whose GEMM output ``acc`` has one row per
+    output channel and, last, the row of ``sum(x - centre)`` per pixel."""
+    oc = acc.shape[0] - 1
+    n = acc.shape[1]
+    x_term = np.empty(n, np.int64)
+    for p in range(n):
+        sum_x = np.int64(acc[oc, p]) + centre * taps
+        x_term[p] = ((arg_x * sum_x) >> shift_x) + centre * sum_x
+    index = np.empty(n, np.int32)
+    flat = np.empty(n, np.uint8)
+    plane = np.empty((h, w), np.uint8)
+    for o in range(oc):
+        _finish_plane(acc[o], x_term, w_term[o], bn_mul[o], bn_shift[o], bn_add[o], act, lut,
+                      mode, h, w, index, flat, plane, values[o], out[o])
+
+
+@numba.njit(nogil=True, cache=True)
+def _depthwise(
+    planes: UInt8Array, weights: npt.NDArray[np.int64], k: int, arg_x: int, shift_x: int,
+    w_term: Int64Array, bn_mul: Int64Array, bn_shift: Int64Array, bn_add: Int64Array,
+    act: tuple[int, ...], lut: UInt8Array, mode: int, h: int, w: int, values: Int64Array,
+    out: UInt8Array,
+) -> None:  # pragma: no cover - jitted
+    """Depthwise 1x1 or 3x3 convolution over padded planes, then the epilogue, a channel at
+    a time (its sums stay in cache).
+
+    Each tap adds a shifted run of the flattened padded plane to the whole output plane at
+    once (rows ``w + 2`` apart, two columns of each discarded): long loops that vectorise.
+    A 3x3 window of 16-bit weights sums below 2**31, so the sums are int32.
+    """
+    c = planes.shape[0]
+    stride = w + k - 1
+    n = h * stride
+    acc = np.empty(n, np.int32)
+    sums = np.empty(n, np.int32)
+    x_term = np.empty(n, np.int64)
+    index = np.empty(n, np.int32)
+    flat = np.empty(n, np.uint8)
+    plane = np.empty((h, w), np.uint8)
+    for ch in range(c):
+        acc[:] = 0
+        sums[:] = 0
+        for ky in range(k):
+            for kx in range(k):
+                offset = ky * stride + kx
+                src = planes[ch, offset : offset + n]
+                wk = np.int32(weights[ch, ky * k + kx])
+                for p in range(n):
+                    value = np.int32(src[p])
+                    acc[p] += value * wk
+                    sums[p] += value
+        for p in range(n):
+            x_term[p] = (arg_x * np.int64(sums[p])) >> shift_x
+        _finish_plane(acc, x_term, w_term[ch], bn_mul[ch], bn_shift[ch], bn_add[ch], act, lut,
+                      mode, h, w, index, flat, plane, values[ch], out[ch])
+
+
+@numba.njit(nogil=True, cache=True)
+def _columns(planes: UInt8Array, k: int, stride: int, centre: np.floating,
+             out: npt.NDArray[np.floating]) -> None:  # pragma: no cover - jitted
+    """im2col over padded planes: ``out[(c k + ky) k + kx, p] = planes[c, p + ky stride +
+    kx] - centre``, in the GEMM's float type (``centre``'s)."""
+    n = out.shape[1]
+    for ch in range(planes.shape[0]):
+        for ky in range(k):
+            for kx in range(k):
+                offset = ky * stride + kx
+                src = planes[ch, offset : offset + n]
+                dst = out[(ch * k + ky) * k + kx]
+                for p in range(n):
+                    dst[p] = src[p] - centre
+
+
+def _padded_planes(x: UInt8Array, k: int, pad_value: int) -> UInt8Array:
+    """(c, (h + k - 1) (w + k - 1) + k - 1) flat planes with a ``pad_value`` border of
+    ``k // 2``; the tail lets the last tap's run reach the end of the last row."""
+    c, h, w = x.shape
+    if k == 1:
+        return x.reshape(c, h * w)
+    pad = k // 2
+    hp, wp = h + 2 * pad, w + 2 * pad
+    planes = np.full((c, hp * wp + k - 1), pad_value, np.uint8)
+    planes[:, : hp * wp].reshape(c, hp, wp)[:, pad : pad + h, pad : pad + w] = x
+    return planes
+
+
 # --- the convolution -----------------------------------------------------------------------
 
-_SELECT_POOLS = frozenset({PoolType.LEFT_TOP_2_S2, PoolType.RIGHT_TOP_2_S2, PoolType.LEFT_TOP_4_S4})
-_POOLS_BEFORE_ACTIVATION = _SELECT_POOLS | {PoolType.MAX_2_S2, PoolType.MAX_4_S4,
-                                            PoolType.MAX_2_S1}
+
+NO_TABLE = np.zeros(0, np.uint8)
 
 
 @dataclass(frozen=True, eq=False)
@@ -426,16 +478,18 @@ class PreparedConv:
     activation: Activation
     lut: tuple[int, UInt8Array] | None
     """The activation as a lookup table over the batch-norm values this layer can reach."""
-    pool_first: bool
-    """Max and select pools commute with a non-decreasing batch-norm and activation: pool the
-    batch-norm values, then look up 4x (or 16x) fewer."""
+    act: tuple[int, ...]
+    """How the kernels compute the activation: see :func:`_finish_plane`."""
     w_term: Int64Array
     """Per output channel: the arg_w and arg_add terms (plus the centring correction)."""
-    w_centred: list[npt.NDArray[np.float32]] | None
-    """Per chunk of in-channels: (oc, taps) float32 weights minus 128 (regular convs)."""
+    w_gemm: list[npt.NDArray[np.floating]] | None
+    """Per chunk of in-channels: (oc + 1, taps) GEMM weights, minus 128 when centred, with a
+    last row of ones that sums the inputs (regular convs)."""
+    centre: int
+    """128 when inputs and weights are centred for an exact float32 GEMM, else 0 (float64)."""
     chunk_channels: int
     w_int: npt.NDArray[np.int64] | None
-    """Integer weights for depthwise layers and 16-bit weight mode."""
+    """Integer weights for depthwise layers."""
 
     @classmethod
     def from_conv(cls, conv: KpuConv, rounding: Rounding) -> PreparedConv:
@@ -445,112 +499,65 @@ class PreparedConv:
         per_group = 1 if arg.depthwise else arg.in_channels
         w_term = ((arg.arg_w * sum_w) >> arg.shift_w) + arg.arg_add * per_group
         activation = Activation.from_conv(conv, rounding)
-        lut = activation.lookup_table(*_reachable(conv, w_term, sum_w))
+        reach = _reachable(conv, w_term, sum_w)
+        lut = activation.lookup_table(*reach)
+        act = _activation_params(activation, lut, *reach)
+        if arg.depthwise:
+            return cls(conv, activation, lut, act, w_term, None, 0, arg.in_channels,
+                       np.ascontiguousarray(w64))
         taps = arg.filter_size**2
-        centred = not arg.depthwise and conv.weights.dtype == np.uint8
-        w_centred = None
-        chunk = arg.in_channels
-        if centred:
-            w_term = w_term + 128 * sum_w - 128 * 128 * w64.shape[1]
-            chunk = max(1, EXACT_TERMS // taps)
-            wc = (w64 - 128).astype(np.float32).reshape(arg.out_channels, arg.in_channels, taps)
-            w_centred = [np.ascontiguousarray(wc[:, i : i + chunk].reshape(arg.out_channels, -1))
-                         for i in range(0, arg.in_channels, chunk)]
-        pool_first = (
-            lut is not None
-            and arg.pool_type in _POOLS_BEFORE_ACTIVATION
-            and (arg.pool_type in _SELECT_POOLS
-                 or (bool(np.all(conv.bn_mul >= 0)) and bool(np.all(np.diff(lut[1]) >= 0))))
-        )
-        return cls(conv, activation, lut, pool_first, w_term.astype(np.int64), w_centred, chunk,
-                   None if centred else np.ascontiguousarray(w64))
+        centred = conv.weights.dtype == np.uint8  # 16-bit weights: exact in float64
+        centre = 128 if centred else 0
+        chunk = max(1, EXACT_TERMS // taps) if centred else arg.in_channels
+        dtype = np.float32 if centred else np.float64
+        w_term = w_term + centre * sum_w - centre * centre * w64.shape[1]
+        wc = (w64 - centre).astype(dtype).reshape(arg.out_channels, arg.in_channels, taps)
+        w_gemm = [np.vstack([wc[:, i : i + chunk].reshape(arg.out_channels, -1),
+                             np.ones((1, taps * min(chunk, arg.in_channels - i)), dtype)])
+                  for i in range(0, arg.in_channels, chunk)]
+        return cls(conv, activation, lut, act, w_term, w_gemm, centre, chunk, None)
 
     def run(self, x: UInt8Array) -> UInt8Array:
         """Convolution, batch-norm, activation and pooling of one (ic, h, w) map."""
         arg, conv = self.conv.arg, self.conv
         _, h, w = x.shape
-        n = h * w
-        if arg.depthwise and self.lut is not None:
-            assert self.w_int is not None
-            activated = np.empty((arg.out_channels, h, w), np.uint8)
-            _depthwise_lut(x, self.w_int, arg.filter_size, arg.pad_value, arg.arg_x,
-                           arg.shift_x, self.w_term, conv.bn_mul, conv.bn_shift, conv.bn_add,
-                           self.lut[0], self.lut[1], activated)
-            return kpu_pool(activated, arg.pool_type)
-        if arg.depthwise:
-            assert self.w_int is not None
-            sums = np.empty((arg.in_channels, n), np.int64)
-            _depthwise(x, self.w_int, arg.filter_size, arg.pad_value, arg.arg_x, arg.shift_x,
-                       sums)
-            acc: npt.NDArray[np.generic] = sums
-            x_term = np.zeros(n, np.int64)
+        k = arg.filter_size
+        planes = _padded_planes(x, k, arg.pad_value)
+        oc, pool = arg.out_channels, arg.pool_type
+        out = np.empty((oc, h // pool.stride, w // pool.stride), np.uint8)
+        per_value = self.act[0] == PER_VALUE
+        values = np.empty((oc, h, w) if per_value else (oc, 0, 0), np.int64)
+        lut = NO_TABLE if self.lut is None else self.lut[1]
+        bn = (conv.bn_mul, conv.bn_shift, conv.bn_add, self.act, lut, int(pool), h, w, values,
+              out)
+        if self.w_int is not None:
+            _depthwise(planes, self.w_int, k, arg.arg_x, arg.shift_x, self.w_term, *bn)
         else:
-            acc, sum_x = self._products(x)
-            x_term = (arg.arg_x * sum_x) >> arg.shift_x
-            if self.w_centred is not None:
-                x_term += 128 * sum_x
-        bn = (conv.bn_mul, conv.bn_shift, conv.bn_add)
-        if self.pool_first and self.lut is not None and arg.pool_type is PoolType.MAX_2_S2:
-            pooled = np.empty((arg.out_channels, arg.out_height, arg.out_width), np.uint8)
-            _batchnorm_max2_lut(acc, x_term, self.w_term, *bn, w, self.lut[0], self.lut[1],
-                                pooled)
-            return pooled
-        if self.pool_first and self.lut is not None:
-            values = np.empty((arg.out_channels, n), np.int64)
-            _batchnorm(acc, x_term, self.w_term, *bn, values)
-            pooled_values = _pool_values(values.reshape(-1, h, w), arg.pool_type)
-            pooled = np.empty(pooled_values.shape, np.uint8)
-            _lookup(np.ascontiguousarray(pooled_values), self.lut[0], self.lut[1], pooled)
-            return pooled
-        out = np.empty((arg.out_channels, n), np.uint8)
-        if self.lut is not None:
-            _batchnorm_lut(acc, x_term, self.w_term, *bn, self.lut[0], self.lut[1], out)
-        else:
-            values = np.empty((arg.out_channels, n), np.int64)
-            _batchnorm(acc, x_term, self.w_term, *bn, values)
-            out = self.activation(values).reshape(arg.out_channels, n)
-        return kpu_pool(out.reshape(arg.out_channels, h, w), arg.pool_type)
+            acc = self._products(planes, h * (w + k - 1))
+            _finish_conv(acc, x.shape[0] * k * k, self.centre, arg.arg_x, arg.shift_x,
+                         self.w_term, *bn)
+        if not per_value:
+            return out
+        activated = self.activation(values).reshape(oc, h, w)
+        return kpu_pool(activated, pool)
 
-    def _products(self, x: UInt8Array) -> tuple[npt.NDArray[np.floating], Int64Array]:
-        """``sum(x * w)`` per output value (centred when exact in float32) and ``sum(x)``.
-
-        numpy's strided copies beat a numba im2col here: they vectorise without the
-        negative-index checks numba puts on computed indices.
-        """
-        arg = self.conv.arg
-        ic, h, w = x.shape
-        n = h * w
-        if arg.filter_size == 1:
-            sum_x = x.reshape(ic, n).sum(axis=0, dtype=np.int64)
-
-            def cols_of(lo: int, hi: int) -> npt.NDArray[np.uint8]:
-                return x[lo:hi].reshape(hi - lo, n)
-        else:
-            padded = np.empty((ic, h + 2, w + 2), np.uint8)
-            padded[:] = arg.pad_value
-            padded[:, 1:-1, 1:-1] = x
-            plane = padded.sum(axis=0, dtype=np.int64)
-            rows = plane[:, :-2] + plane[:, 1:-1] + plane[:, 2:]
-            sum_x = (rows[:-2] + rows[1:-1] + rows[2:]).reshape(n)
-
-            def cols_of(lo: int, hi: int) -> npt.NDArray[np.uint8]:
-                view = np.lib.stride_tricks.sliding_window_view(padded[lo:hi], (3, 3),
-                                                                axis=(1, 2))
-                return view.transpose(0, 3, 4, 1, 2).reshape((hi - lo) * 9, n)
-
-        if self.w_centred is None:  # 16-bit weights: exact in float64 for any length
-            assert self.w_int is not None
-            return self.w_int.astype(np.float64) @ cols_of(0, ic).astype(np.float64), sum_x
+    def _products(self, planes: UInt8Array, n: int) -> npt.NDArray[np.floating]:
+        """The GEMM of each chunk's weights with its columns: ``sum(x * w)`` per output
+        value (centred) and, in the last row, ``sum(x)`` (centred) per pixel. One chunk's
+        partial sums are exact in float32; chunks add up in float64."""
+        assert self.w_gemm is not None
+        k = self.conv.arg.filter_size
+        stride = self.conv.arg.in_width + k - 1
         acc: npt.NDArray[np.floating] | None = None
-        for i, wc in enumerate(self.w_centred):
+        for i, weights in enumerate(self.w_gemm):
             lo = i * self.chunk_channels
-            hi = min(ic, lo + self.chunk_channels)
-            cols = cols_of(lo, hi).astype(np.float32)
-            cols -= 128
-            part = wc @ cols
+            chunk = planes[lo : lo + self.chunk_channels]
+            cols = np.empty((weights.shape[1], n), weights.dtype)
+            _columns(chunk, k, stride, weights.dtype.type(self.centre), cols)
+            part = weights @ cols
             acc = part if acc is None else acc + part.astype(np.float64)
         assert acc is not None
-        return acc, sum_x
+        return acc
 
 
 def _reachable(conv: KpuConv, w_term: Int64Array, sum_w: Int64Array) -> tuple[int, int]:
@@ -566,3 +573,17 @@ def _reachable(conv: KpuConv, w_term: Int64Array, sum_w: Int64Array) -> tuple[in
     high = w_term + 255 * sum_w + max(x_ends)
     ends = [((t * conv.bn_mul) >> conv.bn_shift) + conv.bn_add for t in (low, high)]
     return int(np.minimum(*ends).min()), int(np.maximum(*ends).max())
+
+
+def _activation_params(activation: Activation, lut: tuple[int, UInt8Array] | None, vmin: int,
+                       vmax: int) -> tuple[int, ...]:
+    """The ``act`` tuple of :func:`_finish_plane`: one linear segment where that is exact,
+    else the table, else per value."""
+    if lut is None:
+        return (PER_VALUE, 0, 0, 0, 0, 0, 0, 0, 0)
+    s = activation.linear_segment(vmin, vmax, lut)
+    if s is None:
+        return (TABLE, lut[0], 0, 0, 0, 0, 0, 0, 0)
+    return (LINEAR, lut[0], *(int(t[s]) for t in (activation.start, activation.mul,
+            activation.shift, activation.mask, activation.half, activation.add)),
+            int(activation.half_even))
