@@ -26,7 +26,7 @@ lookup table, both computed branch-free so that they vectorise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from edged.kpu.kmodel.kpu_regs import KpuConv, PoolType, RowLayout
 from edged.kpu.sim.executor import Rounding
+from edged.kpu.sim.lanes import Lanes, machine_lanes
 
 UInt8Array = npt.NDArray[np.uint8]
 Int64Array = npt.NDArray[np.int64]
@@ -490,6 +491,8 @@ class PreparedConv:
     chunk_channels: int
     w_int: npt.NDArray[np.int64] | None
     """Integer weights for depthwise layers."""
+    _row_cache: dict[tuple[int, int], list[npt.NDArray[np.floating]]] = field(
+        default_factory=dict, repr=False)
 
     @classmethod
     def from_conv(cls, conv: KpuConv, rounding: Rounding) -> PreparedConv:
@@ -517,8 +520,9 @@ class PreparedConv:
                   for i in range(0, arg.in_channels, chunk)]
         return cls(conv, activation, lut, act, w_term, w_gemm, centre, chunk, None)
 
-    def run(self, x: UInt8Array) -> UInt8Array:
-        """Convolution, batch-norm, activation and pooling of one (ic, h, w) map."""
+    def run(self, x: UInt8Array, lanes: Lanes | None = None) -> UInt8Array:
+        """Convolution, batch-norm, activation and pooling of one (ic, h, w) map, its output
+        channels split across ``lanes`` (default: one per core)."""
         arg, conv = self.conv.arg, self.conv
         _, h, w = x.shape
         k = arg.filter_size
@@ -528,36 +532,63 @@ class PreparedConv:
         per_value = self.act[0] == PER_VALUE
         values = np.empty((oc, h, w) if per_value else (oc, 0, 0), np.int64)
         lut = NO_TABLE if self.lut is None else self.lut[1]
-        bn = (conv.bn_mul, conv.bn_shift, conv.bn_add, self.act, lut, int(pool), h, w, values,
-              out)
-        if self.w_int is not None:
-            _depthwise(planes, self.w_int, k, arg.arg_x, arg.shift_x, self.w_term, *bn)
-        else:
-            acc = self._products(planes, h * (w + k - 1))
+        columns = None if self.w_int is not None else self._columns(planes)
+
+        def channels(lo: int, hi: int) -> None:
+            bn = (conv.bn_mul[lo:hi], conv.bn_shift[lo:hi], conv.bn_add[lo:hi], self.act, lut,
+                  int(pool), h, w, values[lo:hi], out[lo:hi])
+            if columns is None:
+                assert self.w_int is not None
+                _depthwise(planes[lo:hi], self.w_int[lo:hi], k, arg.arg_x, arg.shift_x,
+                           self.w_term[lo:hi], *bn)
+                return
+            acc = self._products(columns, lo, hi)
             _finish_conv(acc, x.shape[0] * k * k, self.centre, arg.arg_x, arg.shift_x,
-                         self.w_term, *bn)
+                         self.w_term[lo:hi], *bn)
+
+        (lanes or machine_lanes()).split(oc, oc * h * w, channels)
         if not per_value:
             return out
         activated = self.activation(values).reshape(oc, h, w)
         return kpu_pool(activated, pool)
 
-    def _products(self, planes: UInt8Array, n: int) -> npt.NDArray[np.floating]:
-        """The GEMM of each chunk's weights with its columns: ``sum(x * w)`` per output
-        value (centred) and, in the last row, ``sum(x)`` (centred) per pixel. One chunk's
-        partial sums are exact in float32; chunks add up in float64."""
+    def _columns(self, planes: UInt8Array) -> list[npt.NDArray[np.floating]]:
+        """Each chunk's im2col, centred, in its GEMM's float type."""
         assert self.w_gemm is not None
-        k = self.conv.arg.filter_size
-        stride = self.conv.arg.in_width + k - 1
-        acc: npt.NDArray[np.floating] | None = None
+        arg = self.conv.arg
+        k = arg.filter_size
+        stride = arg.in_width + k - 1
+        columns = []
         for i, weights in enumerate(self.w_gemm):
-            lo = i * self.chunk_channels
-            chunk = planes[lo : lo + self.chunk_channels]
-            cols = np.empty((weights.shape[1], n), weights.dtype)
+            chunk = planes[i * self.chunk_channels : (i + 1) * self.chunk_channels]
+            cols = np.empty((weights.shape[1], arg.in_height * stride), weights.dtype)
             _columns(chunk, k, stride, weights.dtype.type(self.centre), cols)
+            columns.append(cols)
+        return columns
+
+    def _products(self, columns: list[npt.NDArray[np.floating]], lo: int,
+                  hi: int) -> npt.NDArray[np.floating]:
+        """The GEMM of output channels ``lo:hi``: ``sum(x * w)`` per output value (centred)
+        and, in the last row, ``sum(x)`` (centred) per pixel. One chunk's partial sums are
+        exact in float32; chunks add up in float64."""
+        acc: npt.NDArray[np.floating] | None = None
+        for weights, cols in zip(self._weight_rows(lo, hi), columns, strict=True):
             part = weights @ cols
             acc = part if acc is None else acc + part.astype(np.float64)
         assert acc is not None
         return acc
+
+    def _weight_rows(self, lo: int, hi: int) -> list[npt.NDArray[np.floating]]:
+        """Each chunk's weight rows ``lo:hi`` and the row of ones, kept per range."""
+        assert self.w_gemm is not None
+        if (lo, hi) == (0, self.conv.arg.out_channels):
+            return self.w_gemm
+        rows = self._row_cache.get((lo, hi))
+        if rows is None:
+            pick = [*range(lo, hi), self.conv.arg.out_channels]
+            rows = [np.ascontiguousarray(weights[pick]) for weights in self.w_gemm]
+            self._row_cache[(lo, hi)] = rows
+        return rows
 
 
 def _reachable(conv: KpuConv, w_term: Int64Array, sum_w: Int64Array) -> tuple[int, int]:

@@ -1,0 +1,67 @@
+"""Splitting a layer's output channels across threads: same bytes, every channel once."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from edged.kpu.kmodel.kpu_regs import PoolType
+from edged.kpu.sim.kpu_kernels import PreparedConv
+from edged.kpu.sim.lanes import MIN_SPLIT, Lanes
+from tests.test_kpu_kernels import nncase_like_conv, random_conv, unsorted_starts
+
+
+def test_ranges_cover_every_item_once_on_every_lane() -> None:
+    lanes = Lanes(2)
+    seen: list[tuple[int, int, str]] = []
+    lock = threading.Lock()
+
+    def work(lo: int, hi: int) -> None:
+        with lock:
+            seen.append((lo, hi, threading.current_thread().name))
+
+    lanes.split(7, MIN_SPLIT, work)
+    assert sorted((lo, hi) for lo, hi, _ in seen) == [(0, 3), (3, 7)]
+    assert len({name for _, _, name in seen}) == 2  # the caller and a helper
+    seen.clear()
+    lanes.split(7, MIN_SPLIT - 1, work)  # too small to be worth a hand-over
+    assert [(lo, hi) for lo, hi, _ in seen] == [(0, 7)]
+    seen.clear()
+    lanes.split(1, MIN_SPLIT, work)  # one channel cannot be split
+    assert [(lo, hi) for lo, hi, _ in seen] == [(0, 1)]
+
+
+def test_an_error_in_a_helper_reaches_the_caller() -> None:
+    def work(lo: int, hi: int) -> None:
+        if lo > 0:
+            raise RuntimeError("helper failed")
+
+    with pytest.raises(RuntimeError, match="helper failed"):
+        Lanes(2).split(4, MIN_SPLIT, work)
+
+
+def test_lanes_need_a_thread() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        Lanes(0)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize("kind", ["per-value", "linear", "table"])
+def test_split_layers_compute_the_same_bytes(depthwise: bool, kind: str) -> None:
+    """Layers big enough to split (8 channels of 64x64), by two and by three lanes."""
+    rng = np.random.default_rng(7 + depthwise)
+    pool = PoolType.MAX_2_S2
+    if kind == "per-value":
+        conv = unsorted_starts(random_conv(rng, depthwise=depthwise, k=3, ic=8, oc=8, h=64,
+                                           w=64, pool=pool))
+    else:
+        conv = nncase_like_conv(rng, k=3, ic=8, oc=8, h=64, w=64, pool=pool,
+                                leaky=kind == "table", depthwise=depthwise)
+    prepared = PreparedConv.from_conv(conv, "half-even")
+    x = rng.integers(0, 256, (8, 64, 64)).astype(np.uint8)
+    whole = prepared.run(x, Lanes(1))
+    assert len(np.unique(whole)) > 1  # not a constant map
+    for count in (2, 3):
+        np.testing.assert_array_equal(prepared.run(x, Lanes(count)), whole)
