@@ -334,3 +334,29 @@ def test_a_value_on_a_segment_start_follows_each_reference() -> None:
         lo, values = lut
         expected = 0 if rounding == "half-even" else 100
         assert values[min(max(1000 - lo, 0), len(values) - 1)] == expected
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_a_relu_too_wide_for_a_table_is_computed_as_one_segment(rounding: Rounding) -> None:
+    """Ultra-Light-Fast's ReLU (bn / 16384) reaches +-40 M: over 2**22 table entries. Its
+    one non-constant segment gives every value, the clamped zero of segment 0 included."""
+    from edged.kpu.sim.kpu_kernels import Activation
+
+    rng = np.random.default_rng(3)
+    conv = random_conv(rng, depthwise=True, k=1, ic=1, oc=1, h=1, w=1)
+    starts = np.array([-(1 << 35), 0, *[(1 << 35) - 15 + i for i in range(14)]], np.int64)
+    table = dataclasses.replace(
+        conv, act_start=starts, act_mul=np.array([0, 64, *[0] * 14], np.int64),
+        act_shift=np.array([0, 20, *[0] * 14], np.int64),
+        act_add=np.array([0, 0, *[255] * 14], np.int64))
+    act = Activation.from_conv(table, rounding)
+    reach = (-40_000_000, 40_000_000)
+    assert act.lookup_table(*reach) is None
+    assert act.linear_segment(*reach) == 1
+    values = np.concatenate([rng.integers(*reach, 200_000),
+                             np.arange(-20, 20), np.arange(8172, 8212), [*reach]])
+    np.testing.assert_array_equal(act.only(1)(values), act(values))
+    # a second sloped segment in reach (a leaky ReLU) cannot be one segment
+    leaky = dataclasses.replace(table, act_mul=np.array([0, 64, *[0] * 14], np.int64) + (
+        np.arange(16) == 0) * 6)
+    assert Activation.from_conv(leaky, rounding).linear_segment(*reach) is None

@@ -139,20 +139,35 @@ class Activation:
                           same(self.shift), same(self.mask), same(self.half), same(self.add),
                           self.half_even, True)
 
-    def linear_segment(self, vmin: int, vmax: int, table: tuple[int, UInt8Array]) -> int | None:
+    def linear_segment(self, vmin: int, vmax: int) -> int | None:
         """The segment whose formula alone gives this activation for every value in
         ``[vmin, vmax]`` (a ReLU's), or None.
 
-        ``table`` is :meth:`lookup_table`'s; the formula of a segment with a non-negative
-        slope is non-decreasing, so agreeing over the table and at both ends is enough.
+        The segment is the one of ``vmax``; its formula (with a non-negative slope) is
+        non-decreasing, so it matches each other segment in reach that is constant (slope
+        0) exactly when it equals that constant at both ends of the segment's stretch.
         """
-        lo, lut = table
-        s = int(np.count_nonzero(self.threshold[1:] < lo + lut.size - 1))
+        if not self.sorted_starts:
+            return None
+        s = int(np.count_nonzero(self.threshold[1:] < vmax))
         if self.mul[s] < 0:
             return None
-        probe = np.concatenate([np.arange(lo, lo + lut.size, dtype=np.int64), [vmin, vmax]])
-        want = np.concatenate([lut, lut[[0, -1]]])
-        return s if np.array_equal(self.only(s)(probe), want) else None
+        formula = self.only(s)
+        for t, (lowest, highest) in enumerate(self._stretches()):
+            ends = np.array([max(lowest, vmin), min(highest, vmax)], np.int64)
+            if t == s or ends[0] > ends[1]:
+                continue
+            constant = min(max(int(self.add[t]), 0), 255)
+            if self.mul[t] != 0 or np.any(formula(ends) != constant):
+                return None
+        return s
+
+    def _stretches(self) -> list[tuple[int, int]]:
+        """Per segment, the values it covers (ascending starts): ``threshold[s] < v <=
+        threshold[s + 1]``, unbounded at both ends."""
+        edge = [int(t) for t in self.threshold]
+        return ([(-(1 << 62), edge[1])] + [(edge[s] + 1, edge[s + 1]) for s in range(1, 15)]
+                + [(edge[15] + 1, 1 << 62)])
 
     def lookup_table(self, vmin: int, vmax: int) -> tuple[int, UInt8Array] | None:
         """``(lo, lut)`` with ``act(v) == lut[clip(v - lo, 0, len - 1)]`` for every ``v`` in
@@ -165,9 +180,7 @@ class Activation:
         if not self.sorted_starts:
             return None
         edge = [int(t) for t in self.threshold]
-        bounds = [(-(1 << 62), edge[1])]
-        bounds += [(edge[s] + 1, edge[s + 1]) for s in range(1, 15)]
-        bounds.append((edge[15] + 1, 1 << 62))
+        bounds = self._stretches()
         lo, hi = vmax + 1, vmin - 1
         for s, (seg_first, seg_last) in enumerate(bounds):
             first, last = max(seg_first, vmin), min(seg_last, vmax)
@@ -503,8 +516,9 @@ class PreparedConv:
         w_term = ((arg.arg_w * sum_w) >> arg.shift_w) + arg.arg_add * per_group
         activation = Activation.from_conv(conv, rounding)
         reach = _reachable(conv, w_term, sum_w)
-        lut = activation.lookup_table(*reach)
-        act = _activation_params(activation, lut, *reach)
+        linear = activation.linear_segment(*reach)
+        lut = activation.lookup_table(*reach) if linear is None else None
+        act = _activation_params(activation, linear, lut)
         if arg.depthwise:
             return cls(conv, activation, lut, act, w_term, None, 0, arg.in_channels,
                        np.ascontiguousarray(w64))
@@ -606,15 +620,14 @@ def _reachable(conv: KpuConv, w_term: Int64Array, sum_w: Int64Array) -> tuple[in
     return int(np.minimum(*ends).min()), int(np.maximum(*ends).max())
 
 
-def _activation_params(activation: Activation, lut: tuple[int, UInt8Array] | None, vmin: int,
-                       vmax: int) -> tuple[int, ...]:
+def _activation_params(activation: Activation, linear: int | None,
+                       lut: tuple[int, UInt8Array] | None) -> tuple[int, ...]:
     """The ``act`` tuple of :func:`_finish_plane`: one linear segment where that is exact,
     else the table, else per value."""
+    if linear is not None:
+        return (LINEAR, 0, *(int(t[linear]) for t in (activation.start, activation.mul,
+                activation.shift, activation.mask, activation.half, activation.add)),
+                int(activation.half_even))
     if lut is None:
         return (PER_VALUE, 0, 0, 0, 0, 0, 0, 0, 0)
-    s = activation.linear_segment(vmin, vmax, lut)
-    if s is None:
-        return (TABLE, lut[0], 0, 0, 0, 0, 0, 0, 0)
-    return (LINEAR, lut[0], *(int(t[s]) for t in (activation.start, activation.mul,
-            activation.shift, activation.mask, activation.half, activation.add)),
-            int(activation.half_even))
+    return (TABLE, lut[0], 0, 0, 0, 0, 0, 0, 0)
