@@ -60,6 +60,14 @@ def _blocks(ram: UInt8Array, byte_offset: int, c: int, h: int, w: int) -> UInt8A
     return region.reshape(blocks, h, layout.groups, layout.row_pitch).transpose(0, 2, 1, 3)
 
 
+def kpu_span(c: int, h: int, w: int) -> int:
+    """Bytes of KPU RAM a (c, h, w) map takes in the row layout."""
+    if w % 64 == 0:
+        return c * h * w
+    layout = RowLayout.for_width(w)
+    return -(-c // layout.groups) * layout.row_len * h * 64
+
+
 def kpu_download(ram: UInt8Array, byte_offset: int, c: int, h: int, w: int) -> UInt8Array:
     """Read a (c, h, w) map out of KPU RAM (``kpu_download``)."""
     if w % 64 == 0:

@@ -3,11 +3,14 @@
 The model works in two memories: its main memory (``main_mem_usage`` bytes, where CPU
 layers read and write float32 or uint8 at byte addresses) and the KPU's 2 MiB RAM (where
 convolutions read and write feature maps in 64-byte rows). Both are private to the
-executor and zeroed before each run, so a run depends on its input alone.
+executor and zeroed before each run, so a run depends on its input alone. A convolution's
+map that only the next convolution reads is handed to it directly, skipping the row layout
+both ways: what KPU RAM holds is never observable, only what is read from it.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,7 +23,13 @@ from edged.kpu.kmodel import v3
 from edged.kpu.kmodel.kpu_regs import KPU_RAM_BYTES, RowLayout
 from edged.kpu.kmodel.model import KModel, Layer
 from edged.kpu.sim.executor import LayerObserver, Rounding, check_inputs
-from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_carry_shift, kpu_download, kpu_upload
+from edged.kpu.sim.kpu_kernels import (
+    PreparedConv,
+    kpu_carry_shift,
+    kpu_download,
+    kpu_span,
+    kpu_upload,
+)
 
 F32 = np.float32
 FLT_MIN = F32(1.17549435e-38)
@@ -72,6 +81,52 @@ def _activate(values: npt.NDArray[np.float32], act: v3.Activation) -> None:
         np.clip(values, F32(0), F32(6), out=values)
 
 
+def _kpu_region(conv: v3.Conv, side: str) -> tuple[int, int]:
+    """The KPU RAM bytes ``[start, end)`` a convolution reads (``src``) or writes."""
+    a = conv.conv.arg
+    if side == "src":
+        return a.src_addr * 64, a.src_addr * 64 + kpu_span(a.in_channels, a.in_height,
+                                                            a.in_width)
+    return a.dst_addr * 64, a.dst_addr * 64 + kpu_span(a.out_channels, a.out_height,
+                                                        a.out_width)
+
+
+def _handed_over(layers: Sequence[Layer]) -> frozenset[int]:
+    """Convolutions whose output only the next convolution reads: it takes the map as is,
+    and neither the upload into KPU RAM nor the download out of it happens.
+
+    The map must be exactly the next layer's input, and no later convolution may read any
+    of those bytes before convolutions overwrite them (other layers do not read KPU RAM;
+    their writes are not counted as overwrites).
+    """
+    handed = set()
+    for i, (layer, after) in enumerate(itertools.pairwise(layers)):
+        if not (isinstance(layer, v3.Conv) and isinstance(after, v3.Conv)):
+            continue
+        a, b = layer.conv.arg, after.conv.arg
+        written = _kpu_region(layer, "dst")
+        if written != _kpu_region(after, "src") or (
+                (a.out_channels, a.out_height, a.out_width)
+                != (b.in_channels, b.in_height, b.in_width)):
+            continue
+        live = [written]  # the bytes of this map no convolution has overwritten yet
+        for later in layers[i + 1 :]:
+            if not isinstance(later, v3.Conv):
+                continue
+            start, end = _kpu_region(later, "src")
+            if later is not after and any(s < end and start < e for s, e in live):
+                break
+            start, end = _kpu_region(later, "dst")
+            live = [piece for s, e in live
+                    for piece in ((s, min(e, start)), (max(s, end), e)) if piece[0] < piece[1]]
+            if not live:
+                handed.add(layer.index)
+                break
+        else:
+            handed.add(layer.index)
+    return frozenset(handed)
+
+
 def _window_origins(out_size: int, stride: int, padding: int, kernel: int,
                     in_size: int) -> list[tuple[int, int]]:
     """Per output index, the clipped input range ``[start, end)`` a pooling window covers."""
@@ -96,6 +151,8 @@ class V3Executor:
             for layer in self._program.layers
             if isinstance(layer, v3.Conv)
         }
+        self._handed_over = _handed_over(self._program.layers)
+        self._handoff: npt.NDArray[np.uint8] | None = None
         self._steps: dict[type[Layer], Callable[[Any], npt.NDArray[np.generic] | None]] = {
             v3.Conv: self._conv,
             v3.Add: self._add,
@@ -131,6 +188,7 @@ class V3Executor:
         (value,) = check_inputs(self.model.inputs, inputs)
         self._main.fill(0)
         self._kpu.fill(0)
+        self._handoff = None
         first = self._program.layers[0]
         if isinstance(first, v3.Conv):  # kpu_kmodel_input_with_padding / the input DMA
             kpu_upload(self._kpu, first.conv.arg.src_addr * 64, value)  # type: ignore[arg-type]
@@ -152,10 +210,14 @@ class V3Executor:
 
     def _conv(self, layer: v3.Conv) -> npt.NDArray[np.uint8]:
         arg = layer.conv.arg
-        x = kpu_download(self._kpu, arg.src_addr * 64, arg.in_channels, arg.in_height,
-                         arg.in_width)
+        x = self._handoff
+        if x is None:
+            x = kpu_download(self._kpu, arg.src_addr * 64, arg.in_channels, arg.in_height,
+                             arg.in_width)
         y = self._convs[layer.index].run(x)
-        kpu_upload(self._kpu, arg.dst_addr * 64, y)
+        self._handoff = y if layer.index in self._handed_over else None
+        if self._handoff is None:
+            kpu_upload(self._kpu, arg.dst_addr * 64, y)
         if layer.main_mem_out is not None:
             self._u8(layer.main_mem_out, y.size)[:] = y.reshape(-1)
         return y
