@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from edged.kpu.kmodel.kpu_regs import PoolType
 from edged.kpu.sim.kpu_kernels import PreparedConv
-from edged.kpu.sim.lanes import MIN_SPLIT, Lanes
+from edged.kpu.sim.lanes import CHUNKS_PER_LANE, MIN_SPLIT, Lanes
 from tests.test_kpu_kernels import nncase_like_conv, random_conv, unsorted_starts
 
 
@@ -19,11 +21,16 @@ def test_ranges_cover_every_item_once_on_every_lane() -> None:
     lock = threading.Lock()
 
     def work(lo: int, hi: int) -> None:
+        time.sleep(0.05)  # long enough for the helper to wake and take a range too
         with lock:
             seen.append((lo, hi, threading.current_thread().name))
 
-    lanes.split(7, MIN_SPLIT, work)
-    assert sorted((lo, hi) for lo, hi, _ in seen) == [(0, 3), (3, 7)]
+    lanes.split(20, MIN_SPLIT, work)
+    covered = sorted((lo, hi) for lo, hi, _ in seen)
+    assert covered[0][0] == 0
+    assert covered[-1][1] == 20
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))
+    assert len(covered) == CHUNKS_PER_LANE * 2
     assert len({name for _, _, name in seen}) == 2  # the caller and a helper
     seen.clear()
     lanes.split(7, MIN_SPLIT - 1, work)  # too small to be worth a hand-over
