@@ -23,6 +23,7 @@ from edged.kpu.sim.executor import Rounding
 from edged.kpu.sim.kpu_kernels import (
     LINEAR,
     PER_VALUE,
+    PIECEWISE,
     TABLE,
     PreparedConv,
     kpu_download,
@@ -179,17 +180,24 @@ def random_conv(rng: np.random.Generator, *, depthwise: bool, k: int, ic: int, o
 
 
 def nncase_like_conv(rng: np.random.Generator, *, k: int, ic: int, oc: int, h: int, w: int,
-                     pool: PoolType, leaky: bool = False, depthwise: bool = False) -> KpuConv:
+                     pool: PoolType, leaky: str = "", depthwise: bool = False) -> KpuConv:
     """A layer shaped like nncase's output, positive bn: a ReLU (the MaixPy face model's
-    table, which the kernels compute as one linear segment) or a leaky ReLU chopped into 14
-    segments (VOC20's, which they look up in a table)."""
+    table, which the kernels compute as one linear segment), a leaky ReLU in three segments
+    (``leaky="3"``, VOC20 v4's shape, computed piecewise) or chopped into 14 (``"14"``,
+    VOC20 v3's, looked up in a table)."""
     conv = random_conv(rng, depthwise=depthwise, k=k, ic=ic, oc=oc, h=h, w=w, pool=pool)
-    if leaky:
+    if leaky == "14":
         starts = np.array([-(1 << 35), -119808] + [-119808 + 10240 * i for i in range(14)],
                           np.int64)
         mul = np.array([0, *[102] * 14, 1024], np.int64)
         shift = np.array([0, *[20] * 15], np.int64)
         add = np.array([0, 0, *range(14)], np.int64)
+    elif leaky == "3":
+        starts = np.array([-(1 << 35), -122880, 0, *[(1 << 35) - 13 + i for i in range(13)]],
+                          np.int64)
+        mul = np.array([0, 102, 1024, *[0] * 13], np.int64)
+        shift = np.array([0, 20, 20, *[0] * 13], np.int64)
+        add = np.array([0, 0, 12, *[255] * 13], np.int64)
     else:
         mul = np.zeros(16, np.int64)
         mul[10] = 1024
@@ -204,7 +212,9 @@ def nncase_like_conv(rng: np.random.Generator, *, k: int, ic: int, oc: int, h: i
     return dataclasses.replace(
         conv, arg=arg, bn_mul=rng.integers(1 << 13, 1 << 14, oc).astype(np.int64),
         bn_shift=np.full(oc, 15, np.int64),
-        bn_add=rng.integers(-(taps << 13), 0, oc).astype(np.int64), act_start=starts,
+        # the 14-segment table starts low enough that more than four segments are in reach
+        bn_add=rng.integers(-(taps << 13), -(taps << 12) if leaky == "14" else 0,
+                            oc).astype(np.int64), act_start=starts,
         act_mul=mul, act_shift=shift, act_add=add,
     )
 
@@ -250,14 +260,17 @@ def test_long_sums_are_split_exactly() -> None:
 @pytest.mark.parametrize("pool", list(PoolType))
 def test_each_activation_path_with_each_pool(pool: PoolType, depthwise: bool,
                                              rounding: Rounding) -> None:
-    """Per value (random tables), one linear segment (ReLU) and a lookup table (leaky)."""
+    """Per value (random tables), one linear segment (ReLU), three (leaky) and a lookup
+    table (a leaky ReLU in 14 segments)."""
     rng = np.random.default_rng(int(pool) + 20 * depthwise)
     layers = {
         PER_VALUE: unsorted_starts(random_conv(rng, depthwise=depthwise, k=3, ic=2, oc=2, h=8,
                                                w=9, pool=pool)),
         LINEAR: nncase_like_conv(rng, k=3, ic=2, oc=2, h=8, w=9, pool=pool,
                                  depthwise=depthwise),
-        TABLE: nncase_like_conv(rng, k=3, ic=2, oc=2, h=8, w=9, pool=pool, leaky=True,
+        PIECEWISE: nncase_like_conv(rng, k=3, ic=2, oc=2, h=8, w=9, pool=pool, leaky="3",
+                                    depthwise=depthwise),
+        TABLE: nncase_like_conv(rng, k=3, ic=2, oc=2, h=8, w=9, pool=pool, leaky="14",
                                 depthwise=depthwise),
     }
     for kind, conv in layers.items():

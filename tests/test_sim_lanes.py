@@ -55,7 +55,7 @@ def test_lanes_need_a_thread() -> None:
 
 
 @pytest.mark.parametrize("depthwise", [False, True])
-@pytest.mark.parametrize("kind", ["per-value", "linear", "table"])
+@pytest.mark.parametrize("kind", ["per-value", "linear", "piecewise", "table"])
 def test_split_layers_compute_the_same_bytes(depthwise: bool, kind: str) -> None:
     """Layers big enough to split (8 channels of 64x64), by two and by three lanes."""
     rng = np.random.default_rng(7 + depthwise)
@@ -65,7 +65,8 @@ def test_split_layers_compute_the_same_bytes(depthwise: bool, kind: str) -> None
                                            w=64, pool=pool))
     else:
         conv = nncase_like_conv(rng, k=3, ic=8, oc=8, h=64, w=64, pool=pool,
-                                leaky=kind == "table", depthwise=depthwise)
+                                leaky={"linear": "", "piecewise": "3", "table": "14"}[kind],
+                                depthwise=depthwise)
     prepared = PreparedConv.from_conv(conv, "half-even")
     x = rng.integers(0, 256, (8, 64, 64)).astype(np.uint8)
     whole = prepared.run(x, Lanes(1))

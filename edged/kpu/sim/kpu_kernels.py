@@ -20,8 +20,9 @@ uint8 product; a row of ones under the weights makes the same GEMM give ``sum(x'
 padding columns of each output row are computed and dropped), so every loop is long and
 contiguous. Depthwise layers and the epilogue (bias terms, batch-norm, activation, pool) are
 numba kernels that release the GIL and run a channel at a time in cache; the activation is
-one segment's formula where that is exact over every reachable value (a ReLU), else a
-lookup table, both computed branch-free so that they vectorise.
+one segment's formula where that is exact over every reachable value (a ReLU), the few
+segments in reach evaluated as such (a leaky ReLU), else a lookup table, all computed
+branch-free so that they vectorise.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ Int64Array = npt.NDArray[np.int64]
 
 EXACT_TERMS = 1024
 """Products per float32 partial sum that stay exact after centring (1024 * 2**14 = 2**24)."""
+
+PIECES = 4
+"""Activation segments in reach that the kernels evaluate as such (a leaky ReLU needs 2 or
+3); more go through a table."""
 
 
 # --- KPU RAM layout ------------------------------------------------------------------------
@@ -169,6 +174,15 @@ class Activation:
             if self.mul[t] != 0 or np.any(formula(ends) != constant):
                 return None
         return s
+
+    def pieces(self, vmin: int, vmax: int) -> list[int] | None:
+        """The segments values in ``[vmin, vmax]`` fall in, ascending, when there are at
+        most PIECES of them (and the starts ascend), else None."""
+        if not self.sorted_starts:
+            return None
+        reached = [s for s, (lowest, highest) in enumerate(self._stretches())
+                   if max(lowest, vmin) <= min(highest, vmax)]
+        return reached if len(reached) <= PIECES else None
 
     def _stretches(self) -> list[tuple[int, int]]:
         """Per segment, the values it covers (ascending starts): ``threshold[s] < v <=
@@ -337,8 +351,18 @@ def kpu_pool(x: UInt8Array, pool: PoolType) -> UInt8Array:
 
 # --- batch-norm, activation and pooling of one output channel -------------------------------
 
-PER_VALUE, TABLE, LINEAR = 0, 1, 2
+PER_VALUE, TABLE, LINEAR, PIECEWISE = 0, 1, 2, 3
 """How an epilogue computes the activation (the first item of its ``act`` tuple)."""
+
+
+@numba.njit(inline="always")
+def _pick(j: np.int64, act: tuple[int, ...], field: int) -> int:  # pragma: no cover - jitted
+    """Field ``field`` of piece ``j`` of ``act``, as selects (no indexing: vectorises)."""
+    first, second = act[3 + field], act[10 + field]
+    third, fourth = act[17 + field], act[24 + field]
+    low = first if j == 0 else second
+    high = third if j == 2 else fourth
+    return low if j < 2 else high
 
 
 @numba.njit(nogil=True, cache=True)
@@ -351,10 +375,12 @@ def _finish_plane(
     """One channel's conv sums (``acc + x_term``: ``h`` rows ``len(acc) // h`` apart, of
     which the first ``w`` columns count) through batch-norm, the activation and the pool.
 
-    ``act`` is ``(kind, table origin, start, mul, shift, mask, half, add, half_even)``.
-    LINEAR computes one segment's formula (a ReLU's); TABLE computes indices into ``lut``,
-    then looks them up. Both run branch-free over the whole plane, so they vectorise;
-    PER_VALUE leaves the batch-norm values in ``values`` for :class:`Activation`.
+    ``act`` is ``(kind, table origin, half_even)`` and PIECES pieces of ``(threshold,
+    start, mul, shift, mask, half, add)``. LINEAR computes the first piece's formula (a
+    ReLU's); PIECEWISE picks the last piece whose threshold the value exceeds (the pieces
+    are the segments in reach, ascending); TABLE computes indices into ``lut``, then looks
+    them up. All three run branch-free over the whole plane, so they vectorise; PER_VALUE
+    leaves the batch-norm values in ``values`` for :class:`Activation`.
     """
     stride = acc.size // h
     kind = act[0]
@@ -367,11 +393,17 @@ def _finish_plane(
         return
     direct = mode == 0 and stride == w  # the plane is the output, no copy or pool
     dst = out.reshape(-1) if direct else flat
+    half_even = act[2] != 0
     if kind == LINEAR:
-        half_even = act[8] != 0
         for p in range(acc.size):
             bn = (((np.int64(acc[p]) + x_term[p] + w_term) * bn_mul) >> bn_shift) + bn_add
-            dst[p] = _segment(bn, act[2], act[3], act[4], act[5], act[6], act[7], half_even)
+            dst[p] = _segment(bn, act[4], act[5], act[6], act[7], act[8], act[9], half_even)
+    elif kind == PIECEWISE:
+        for p in range(acc.size):
+            bn = (((np.int64(acc[p]) + x_term[p] + w_term) * bn_mul) >> bn_shift) + bn_add
+            j = np.int64(bn > act[10]) + np.int64(bn > act[17]) + np.int64(bn > act[24])
+            dst[p] = _segment(bn, _pick(j, act, 1), _pick(j, act, 2), _pick(j, act, 3),
+                              _pick(j, act, 4), _pick(j, act, 5), _pick(j, act, 6), half_even)
     else:
         last, origin = lut.size - 1, act[1]
         for p in range(acc.size):
@@ -525,8 +557,9 @@ class PreparedConv:
         activation = Activation.from_conv(conv, rounding)
         reach = _reachable(conv, w_term, sum_w)
         linear = activation.linear_segment(*reach)
-        lut = activation.lookup_table(*reach) if linear is None else None
-        act = _activation_params(activation, linear, lut)
+        pieces = None if linear is not None else activation.pieces(*reach)
+        lut = activation.lookup_table(*reach) if linear is None and pieces is None else None
+        act = _activation_params(activation, linear, pieces, lut)
         if arg.depthwise:
             return cls(conv, activation, lut, act, w_term, None, 0, arg.in_channels,
                        np.ascontiguousarray(w64))
@@ -628,14 +661,23 @@ def _reachable(conv: KpuConv, w_term: Int64Array, sum_w: Int64Array) -> tuple[in
     return int(np.minimum(*ends).min()), int(np.maximum(*ends).max())
 
 
-def _activation_params(activation: Activation, linear: int | None,
+def _activation_params(activation: Activation, linear: int | None, pieces: list[int] | None,
                        lut: tuple[int, UInt8Array] | None) -> tuple[int, ...]:
-    """The ``act`` tuple of :func:`_finish_plane`: one linear segment where that is exact,
-    else the table, else per value."""
+    """The ``act`` tuple of :func:`_finish_plane`."""
+    fields = (activation.threshold, activation.start, activation.mul, activation.shift,
+              activation.mask, activation.half, activation.add)
+    never = (np.iinfo(np.int64).max, 0, 0, 0, 0, 1, 0)  # a piece no value reaches
+
+    def piece(s: int | None) -> tuple[int, ...]:
+        return never if s is None else tuple(int(f[s]) for f in fields)
+
     if linear is not None:
-        return (LINEAR, 0, *(int(t[linear]) for t in (activation.start, activation.mul,
-                activation.shift, activation.mask, activation.half, activation.add)),
-                int(activation.half_even))
-    if lut is None:
-        return (PER_VALUE, 0, 0, 0, 0, 0, 0, 0, 0)
-    return (TABLE, lut[0], 0, 0, 0, 0, 0, 0, 0)
+        kind, chosen = LINEAR, [linear]
+    elif pieces is not None:
+        kind, chosen = PIECEWISE, pieces
+    else:
+        kind, chosen = (PER_VALUE, []) if lut is None else (TABLE, [])
+    slots = [*chosen, *[None] * (PIECES - len(chosen))]
+    origin = 0 if lut is None else lut[0]
+    return (kind, origin, int(activation.half_even),
+            *(v for s in slots for v in piece(s)))
