@@ -24,6 +24,7 @@ from edged.kpu.kmodel import parse_kmodel
 from edged.kpu.kmodel.kpu_regs import KPU_RAM_BYTES, kpu_rows
 from edged.kpu.kmodel.v4 import KpuConv2d, MemoryType, Opcode, V4Program
 from edged.kpu.report import random_inputs
+from edged.kpu.sim import neutral_ops
 from edged.kpu.sim.executor import Rounding, create_executor
 from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_download
 from tests.conftest import V4_MODELS, golden_cases, kmodel_path
@@ -1215,3 +1216,22 @@ def test_kpu_resident_input_and_output_ranges() -> None:
     assert isinstance(model.program, V4Program)
     assert model.program.inputs[0].memory is MemoryType.K210_KPU
     assert all(r.memory is MemoryType.MAIN for r in model.program.outputs)
+
+
+def test_quantized_conv2d_with_offsets_beyond_float64_stays_exact() -> None:
+    """Offsets near the int32 limits make sums no float64 holds: the integer path, which
+    wraps as the reference's int32 accumulators do."""
+    rng = np.random.default_rng(4)
+    x = u8(rng, 1, 2, 4, 5)
+    weights = u8(rng, 3, 2, 3, 3)
+    bias = rng.integers(-5000, 5000, 3).astype(np.int32)
+    in_off, w_off = -(1 << 30), (1 << 30) - 7
+    got = neutral_ops.quantized_conv2d(x, weights, bias, 1, np.array([3, 3, 1, 1, 1, 1, 1, 1]),
+                                       4, 5, in_off, w_off)
+    for o, oy, ox in itertools.product(range(3), range(4), range(5)):
+        value = int(bias[o])
+        for i, ky, kx in itertools.product(range(2), range(3), range(3)):
+            y, xx = oy - 1 + ky, ox - 1 + kx
+            if 0 <= y < 4 and 0 <= xx < 5:
+                value += (int(x[0, i, y, xx]) + in_off) * (int(weights[o, i, ky, kx]) + w_off)
+        assert wrap32(int(got[0, o, oy, ox])) == wrap32(value)

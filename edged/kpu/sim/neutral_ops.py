@@ -412,38 +412,43 @@ def conv2d(
     return out
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
 def quantized_conv2d(
     x: UInt8Array, weights: UInt8Array, bias: npt.NDArray[np.int32], groups: int,
     window: Int64Array, oh: int, ow: int, input_offset: int, filter_offset: int,
-) -> Int64Array:  # pragma: no cover - jitted
+) -> Int64Array:
     """The int32 accumulators of neutral ``quantized_conv2d``: bias plus
     ``(x + input_offset) * (w + filter_offset)`` over the window (int64 here; the caller
-    wraps). ``weights`` is (oc, ic / groups, fh, fw)."""
+    wraps). ``weights`` is (oc, ic / groups, fh, fw).
+
+    A GEMM over the window's taps: in float64 every product and partial sum is an integer
+    below 2**53 (checked), so exact in any order. Taps outside the input read zeros, adding
+    nothing, as the reference's clipped window does.
+    """
     n, c, h, w = x.shape
     oc = weights.shape[0]
-    fh, fw, sh, sw, dh, dw, pt, pl = window
-    g_ic = c // groups
-    g_oc = oc // groups
-    out = np.empty((n, oc, oh, ow), np.int64)
-    for b in range(n):
-        for g in range(groups):
-            for o in range(g * g_oc, (g + 1) * g_oc):
-                for oy in range(oh):
-                    y0 = oy * sh - pt
-                    ky0, ky1 = _window_range(y0, dh, fh, h)
-                    for ox in range(ow):
-                        x0 = ox * sw - pl
-                        kx0, kx1 = _window_range(x0, dw, fw, w)
-                        value = np.int64(bias[o])
-                        for i in range(g_ic):
-                            ch = g * g_ic + i
-                            for ky in range(ky0, ky1):
-                                for kx in range(kx0, kx1):
-                                    xv = np.int64(x[b, ch, y0 + dh * ky, x0 + dw * kx])
-                                    wv = np.int64(weights[o, i, ky, kx])
-                                    value += (xv + input_offset) * (wv + filter_offset)
-                        out[b, o, oy, ox] = value
+    fh, fw, sh, sw, dh, dw, pt, pl = (int(v) for v in window)
+    g_ic, g_oc = c // groups, oc // groups
+    taps = g_ic * fh * fw
+    largest = ((255 + abs(input_offset)) * (255 + abs(filter_offset)) * taps
+               + int(np.abs(bias.astype(np.int64)).max(initial=0)))
+    # else int64 without BLAS: wraps as the int32 accumulators do, modulo 2**32
+    dtype = np.float64 if largest < 2**53 else np.int64
+    top, left = max(pt, 0), max(pl, 0)  # input row r is row r + top of the padded map
+    base_y, base_x = top - pt, left - pl  # where tap 0 of output 0 reads
+    rows = max(top + h, base_y + (oh - 1) * sh + (fh - 1) * dh + 1)
+    cols = max(left + w, base_x + (ow - 1) * sw + (fw - 1) * dw + 1)
+    padded = np.zeros((n, c, rows, cols), dtype)
+    padded[:, :, top : top + h, left : left + w] = x.astype(dtype) + input_offset
+    windows = np.empty((n, c, fh, fw, oh, ow), dtype)
+    for ky in range(fh):
+        for kx in range(fw):
+            y0, x0 = base_y + ky * dh, base_x + kx * dw
+            windows[:, :, ky, kx] = padded[:, :, y0 : y0 + (oh - 1) * sh + 1 : sh,
+                                           x0 : x0 + (ow - 1) * sw + 1 : sw]
+    offset_weights = (weights.astype(dtype) + filter_offset).reshape(groups, g_oc, taps)
+    products = np.matmul(offset_weights, windows.reshape(n, groups, taps, oh * ow))
+    out: Int64Array = products.reshape(n, oc, oh, ow).astype(np.int64)
+    out += bias.astype(np.int64)[None, :, None, None]
     return out
 
 
