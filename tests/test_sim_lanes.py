@@ -7,9 +7,11 @@ import threading
 import time
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from edged.kpu.kmodel.kpu_regs import PoolType
+from edged.kpu.sim import kpu_kernels
 from edged.kpu.sim.kpu_kernels import PreparedConv
 from edged.kpu.sim.lanes import CHUNKS_PER_LANE, MIN_SPLIT, Lanes
 from tests.test_kpu_kernels import nncase_like_conv, random_conv, unsorted_starts
@@ -73,3 +75,40 @@ def test_split_layers_compute_the_same_bytes(depthwise: bool, kind: str) -> None
     assert len(np.unique(whole)) > 1  # not a constant map
     for count in (2, 3):
         np.testing.assert_array_equal(prepared.run(x, Lanes(count)), whole)
+
+
+@pytest.mark.parametrize("pool", [PoolType.BYPASS, PoolType.MAX_2_S2, PoolType.MEAN_2_S2,
+                                  PoolType.RIGHT_TOP_2_S2, PoolType.MAX_4_S4, PoolType.MAX_2_S1])
+@pytest.mark.parametrize("kind", ["per-value", "linear", "table"])
+def test_tiles_of_rows_compute_the_same_bytes(pool: PoolType, kind: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A map of 101 rows by tiles of 8 (the last one short), on one and two lanes, against
+    the same layer computed whole; overlapping pool windows (MAX_2_S1) keep it whole."""
+    rng = np.random.default_rng(int(pool))
+    x = rng.integers(0, 256, (2, 101, 90)).astype(np.uint8)
+    prepared, whole = _layer_with_varied_output(rng, kind, pool, x, monkeypatch)
+    monkeypatch.setattr(kpu_kernels, "TILE_PIXELS", 1000)  # tiles of 8 rows
+    assert (prepared._tile_rows(101, 90) < 101) == (pool.filter == pool.stride)
+    for count in (1, 2):
+        np.testing.assert_array_equal(prepared.run(x, Lanes(count)), whole)
+
+
+def _layer_with_varied_output(
+    rng: np.random.Generator, kind: str, pool: PoolType, x: npt.NDArray[np.uint8],
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[PreparedConv, npt.NDArray[np.uint8]]:
+    """A 3x3 layer of ``kind`` and its output computed whole (no tiles), drawn until that
+    output is not constant (random tables can saturate)."""
+    monkeypatch.setattr(kpu_kernels, "TILE_PIXELS", 1 << 30)
+    for _ in range(20):
+        if kind == "per-value":
+            conv = unsorted_starts(random_conv(rng, depthwise=False, k=3, ic=2, oc=3, h=101,
+                                               w=90, pool=pool))
+        else:
+            conv = nncase_like_conv(rng, k=3, ic=2, oc=3, h=101, w=90, pool=pool,
+                                    leaky="14" if kind == "table" else "")
+        prepared = PreparedConv.from_conv(conv, "half-even")
+        whole = prepared.run(x, Lanes(1))
+        if len(np.unique(whole)) > 1:
+            return prepared, whole
+    raise AssertionError("no layer with a varied output")
