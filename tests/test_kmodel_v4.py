@@ -1235,3 +1235,37 @@ def test_quantized_conv2d_with_offsets_beyond_float64_stays_exact() -> None:
             if 0 <= y < 4 and 0 <= xx < 5:
                 value += (int(x[0, i, y, xx]) + in_off) * (int(weights[o, i, ky, kx]) + w_off)
         assert wrap32(int(got[0, o, oy, ox])) == wrap32(value)
+
+
+@pytest.mark.parametrize("read_at_end", [False, True])
+def test_chained_kpu_convs_hand_over_unless_the_map_is_read_later(read_at_end: bool) -> None:
+    """The first convolution's map goes straight to the second, unless the model's outputs
+    read it from KPU RAM: then it is uploaded there, and the outputs hold it."""
+    rng = np.random.default_rng(19)
+    ic, oc, h, w = 3, 4, 4, 20
+    x = u8(rng, 1, ic, h, w)
+    g = Graph()
+    g.node(Opcode.KPU_UPLOAD, g.input(x) + mem_range(KPU, "uint8", 0, kpu_rows(w, h, ic) * 64)
+           + shape4(1, ic, h, w))
+    for i, (c, src, dst) in enumerate([(ic, 0, 100), (oc, 100, 200)]):
+        weights = rng.integers(0, 4, (oc, c * 9)).astype(np.uint8)
+        g.node(Opcode.KPU_CONV2D, _kpu_conv2d_body(g.output("uint8", oc * h * w), 1, c, oc, h,
+                                                    w, src, dst, weights))
+        assert len(g.outputs) == i + 1
+    if read_at_end:
+        g.outputs.append(mem_range(KPU, "uint8", 100 * 64, kpu_rows(w, h, oc) * 64))
+    model = parse_kmodel(g.build())
+    first_node, second_node = model.program.layers[1:3]
+    assert isinstance(first_node, KpuConv2d)
+    assert isinstance(second_node, KpuConv2d)
+    executor = create_executor(model)
+    assert (first_node.index in executor._handed_over) is not read_at_end  # type: ignore[attr-defined]
+    outputs = executor.run([x])
+    first = PreparedConv.from_conv(first_node.conv, "half-even").run(x[0])
+    second = PreparedConv.from_conv(second_node.conv, "half-even").run(first)
+    np.testing.assert_array_equal(outputs[0].reshape(first.shape), first)
+    np.testing.assert_array_equal(outputs[1].reshape(second.shape), second)
+    if read_at_end:
+        ram = np.zeros(KPU_RAM_BYTES, np.uint8)
+        ram[100 * 64 : 100 * 64 + outputs[2].size] = outputs[2].reshape(-1)
+        np.testing.assert_array_equal(kpu_download(ram, 100 * 64, oc, h, w), first)

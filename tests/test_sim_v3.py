@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 from edged.kpu.errors import RunError
-from edged.kpu.kmodel import parse_kmodel, v3
+from edged.kpu.kmodel import parse_kmodel
 from edged.kpu.report import random_inputs
 from edged.kpu.sim.executor import Rounding, create_executor
-from edged.kpu.sim.v3_exec import _handed_over
 from tests.conftest import V3_MODELS, golden_cases, kmodel_path
-from tests.test_kpu_kernels import random_conv
 
 
 def _cases(rounding: Rounding) -> list[tuple[str, str]]:
@@ -116,32 +112,3 @@ def test_quantized_add_matches_kpu_c() -> None:
         _quantized_add(a, b, params, out)
         np.testing.assert_array_equal(out, reference(a, b, params))
 
-
-def _conv_layer(index: int, src: int, dst: int, c_in: int, c_out: int) -> v3.Conv:
-    """A 1x1 convolution of 64x8 maps between KPU RAM rows ``src`` and ``dst``."""
-    conv = random_conv(np.random.default_rng(index), depthwise=False, k=1, ic=c_in, oc=c_out,
-                       h=8, w=64)
-    arg = dataclasses.replace(conv.arg, src_addr=src, dst_addr=dst)
-    return v3.Conv(index=index, offset=0, type=v3.V3LayerType.K210_CONV, main_mem_out=None,
-                   conv=dataclasses.replace(conv, arg=arg))
-
-
-def test_a_map_skips_kpu_ram_only_when_nothing_else_reads_it() -> None:
-    """A 64-wide map of c channels takes 8 c rows of 64 bytes."""
-    ping_pong = [_conv_layer(0, 0, 100, 2, 2), _conv_layer(1, 100, 0, 2, 2),
-                 _conv_layer(2, 0, 100, 2, 2)]
-    assert _handed_over(ping_pong) == {0, 1}  # the last one's output has no next layer
-    # layer 2 reads rows 100..115 again, written by layer 0 and not overwritten since
-    again = [_conv_layer(0, 0, 100, 2, 2), _conv_layer(1, 100, 200, 2, 2),
-             _conv_layer(2, 100, 300, 2, 2)]
-    assert _handed_over(again) == frozenset()
-    # layer 1 overwrites the first half of layer 0's map; layer 2 reads only that half
-    half = [_conv_layer(0, 0, 100, 2, 2), _conv_layer(1, 100, 100, 2, 1),
-            _conv_layer(2, 100, 300, 1, 1)]
-    assert _handed_over(half) == {0, 1}
-    # ... and reading the other half as well keeps both maps in KPU RAM
-    both = [*half[:2], _conv_layer(2, 100, 300, 2, 1)]
-    assert _handed_over(both) == frozenset()
-    # the next layer reads another shape from the same rows: through KPU RAM
-    reshaped = [_conv_layer(0, 0, 100, 2, 2), _conv_layer(1, 100, 200, 1, 1)]
-    assert _handed_over(reshaped) == frozenset()

@@ -10,7 +10,6 @@ both ways: what KPU RAM holds is never observable, only what is read from it.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +22,7 @@ from edged.kpu.kmodel import v3
 from edged.kpu.kmodel.kpu_regs import KPU_RAM_BYTES, RowLayout
 from edged.kpu.kmodel.model import KModel, Layer
 from edged.kpu.sim.executor import LayerObserver, Rounding, check_inputs
+from edged.kpu.sim.handover import Access, handed_over
 from edged.kpu.sim.kpu_kernels import (
     PreparedConv,
     kpu_carry_shift,
@@ -81,50 +81,19 @@ def _activate(values: npt.NDArray[np.float32], act: v3.Activation) -> None:
         np.clip(values, F32(0), F32(6), out=values)
 
 
-def _kpu_region(conv: v3.Conv, side: str) -> tuple[int, int]:
-    """The KPU RAM bytes ``[start, end)`` a convolution reads (``src``) or writes."""
-    a = conv.conv.arg
-    if side == "src":
-        return a.src_addr * 64, a.src_addr * 64 + kpu_span(a.in_channels, a.in_height,
-                                                            a.in_width)
-    return a.dst_addr * 64, a.dst_addr * 64 + kpu_span(a.out_channels, a.out_height,
-                                                        a.out_width)
-
-
-def _handed_over(layers: Sequence[Layer]) -> frozenset[int]:
-    """Convolutions whose output only the next convolution reads: it takes the map as is,
-    and neither the upload into KPU RAM nor the download out of it happens.
-
-    The map must be exactly the next layer's input, and no later convolution may read any
-    of those bytes before convolutions overwrite them (other layers do not read KPU RAM;
-    their writes are not counted as overwrites).
-    """
-    handed = set()
-    for i, (layer, after) in enumerate(itertools.pairwise(layers)):
-        if not (isinstance(layer, v3.Conv) and isinstance(after, v3.Conv)):
-            continue
-        a, b = layer.conv.arg, after.conv.arg
-        written = _kpu_region(layer, "dst")
-        if written != _kpu_region(after, "src") or (
-                (a.out_channels, a.out_height, a.out_width)
-                != (b.in_channels, b.in_height, b.in_width)):
-            continue
-        live = [written]  # the bytes of this map no convolution has overwritten yet
-        for later in layers[i + 1 :]:
-            if not isinstance(later, v3.Conv):
-                continue
-            start, end = _kpu_region(later, "src")
-            if later is not after and any(s < end and start < e for s, e in live):
-                break
-            start, end = _kpu_region(later, "dst")
-            live = [piece for s, e in live
-                    for piece in ((s, min(e, start)), (max(s, end), e)) if piece[0] < piece[1]]
-            if not live:
-                handed.add(layer.index)
-                break
-        else:
-            handed.add(layer.index)
-    return frozenset(handed)
+def _access(layer: Layer) -> Access:
+    """What a v3 layer does to KPU RAM: only convolutions read it; uploads and padding
+    write it too, left out of the overwrites (a conservative list)."""
+    if not isinstance(layer, v3.Conv):
+        return Access(layer.index)
+    a = layer.conv.arg
+    source = (a.src_addr * 64, a.src_addr * 64 + kpu_span(a.in_channels, a.in_height,
+                                                          a.in_width))
+    target = (a.dst_addr * 64, a.dst_addr * 64 + kpu_span(a.out_channels, a.out_height,
+                                                          a.out_width))
+    return Access(layer.index, (source,), (target,),
+                  (source, (a.in_channels, a.in_height, a.in_width)),
+                  (target, (a.out_channels, a.out_height, a.out_width)))
 
 
 def _window_origins(out_size: int, stride: int, padding: int, kernel: int,
@@ -151,7 +120,7 @@ class V3Executor:
             for layer in self._program.layers
             if isinstance(layer, v3.Conv)
         }
-        self._handed_over = _handed_over(self._program.layers)
+        self._handed_over = handed_over([_access(layer) for layer in self._program.layers])
         self._handoff: npt.NDArray[np.uint8] | None = None
         self._steps: dict[type[Layer], Callable[[Any], npt.NDArray[np.generic] | None]] = {
             v3.Conv: self._conv,

@@ -15,6 +15,7 @@ their ranges as raw bytes (a KPU-resident input is written as is, as the runtime
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from edged.kpu.kmodel.kpu_regs import KPU_RAM_BYTES, kpu_rows
 from edged.kpu.kmodel.model import KModel
 from edged.kpu.sim import cpu_ops, neutral_ops
 from edged.kpu.sim.executor import LayerObserver, Rounding, check_inputs
+from edged.kpu.sim.handover import Access, Region, handed_over
 from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_download, kpu_upload
 from edged.kpu.sim.neutral_ops import F32, KernelFault, clamp, requantize
 
@@ -64,6 +66,10 @@ class V4Executor:
                           v4.MemoryType.K210_KPU: self._kpu}
         self._convs = {node.index: PreparedConv.from_conv(node.conv, rounding)
                        for node in self._nodes if isinstance(node, v4.KpuConv2d)}
+        self._handed_over = handed_over(
+            [_access(node) for node in self._nodes],
+            [_region(r) for r in p.outputs if r.memory is v4.MemoryType.K210_KPU])
+        self._handoff: npt.NDArray[np.uint8] | None = None
         self._steps: dict[type[v4.V4Node], Callable[[Any], Array | None]] = {
             v4.Binary: self._binary,
             v4.QuantizedBinary: self._quantized_binary,
@@ -118,6 +124,7 @@ class V4Executor:
         values = check_inputs(self.model.inputs, inputs)
         self._main.fill(0)
         self._kpu.fill(0)
+        self._handoff = None
         for r, value in zip(self._program.inputs, values, strict=True):
             self._store(r, value)
         for node in self._nodes:
@@ -293,12 +300,46 @@ class V4Executor:
 
     def _kpu_conv2d(self, n: v4.KpuConv2d) -> Array:
         arg = n.conv.arg
-        ins = [kpu_download(self._kpu, (arg.src_addr + b * arg.in_rows) * 64, arg.in_channels,
-                            arg.in_height, arg.in_width) for b in range(n.batches)]
+        if self._handoff is not None:  # handed over by the previous convolution
+            ins = [self._handoff]
+        else:
+            ins = [kpu_download(self._kpu, (arg.src_addr + b * arg.in_rows) * 64,
+                                arg.in_channels, arg.in_height, arg.in_width)
+                   for b in range(n.batches)]
         prepared = self._convs[n.index]
         out = np.stack([prepared.run(x) for x in ins])
-        for b in range(n.batches):
+        self._handoff = out[0] if n.index in self._handed_over else None
+        for b in range(n.batches if self._handoff is None else 0):
             kpu_upload(self._kpu, (arg.dst_addr + b * arg.out_rows) * 64, out[b])
         if n.main_out is not None:
             self._store(n.main_out, out)
         return out
+
+
+_WRITES = frozenset({"out", "output", "main_out"})
+"""The fields of a node that name memory it writes; every other memory range it reads."""
+
+
+def _region(r: v4.MemRange) -> Region:
+    return r.start, r.start + r.size
+
+
+def _access(node: v4.V4Node) -> Access:
+    """What a v4 node does to KPU RAM, from its memory ranges (and, for a KPU convolution,
+    the rows its registers name; only single-batch convolutions hand over)."""
+    reads: list[Region] = []
+    writes: list[Region] = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        for r in value if isinstance(value, tuple) else (value,):
+            if isinstance(r, v4.MemRange) and r.memory is v4.MemoryType.K210_KPU:
+                (writes if f.name in _WRITES else reads).append(_region(r))
+    if not isinstance(node, v4.KpuConv2d):
+        return Access(node.index, tuple(reads), tuple(writes))
+    a = node.conv.arg
+    source = (a.src_addr * 64, (a.src_addr + node.batches * a.in_rows) * 64)
+    target = (a.dst_addr * 64, (a.dst_addr + node.batches * a.out_rows) * 64)
+    single = node.batches == 1
+    return Access(node.index, (*reads, source), (*writes, target),
+                  (source, (a.in_channels, a.in_height, a.in_width)) if single else None,
+                  (target, (a.out_channels, a.out_height, a.out_width)) if single else None)
