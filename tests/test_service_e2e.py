@@ -40,17 +40,16 @@ def received(sock: socket.socket, until: float) -> list[str]:
 
 
 async def test_notify_protocol_of_the_running_daemon(mqtt_broker: Broker, tmp_path: Path) -> None:
-    sock = notify_socket(tmp_path / "notify.sock")
     config = write_config(tmp_path / "site.toml", mqtt_broker, [shapes("cam")], device="svc")
     env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"}
-    with DaemonProcess(config, tmp_path, env=env) as daemon:
+    with (notify_socket(tmp_path / "notify.sock") as sock,
+          DaemonProcess(config, tmp_path, env=env) as daemon):
         daemon.wait_for_log('"event": "ready"', START)
         messages = await asyncio.to_thread(received, sock, time.monotonic() + 2.5)
         daemon.send(signal.SIGHUP)
         messages += await asyncio.to_thread(received, sock, time.monotonic() + 1.0)
         assert daemon.stop() == 0
         messages += await asyncio.to_thread(received, sock, time.monotonic() + 0.3)
-    sock.close()
     text = "\n".join(messages)
     assert "READY=1" in text
     assert any(m.startswith("STATUS=") and "cam" in m and "maixpy_face" in m for m in messages)
