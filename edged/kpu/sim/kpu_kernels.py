@@ -583,58 +583,67 @@ class PreparedConv:
         """Convolution, batch-norm, activation and pooling of one (ic, h, w) map, split
         across ``lanes`` (default: one per core) by output channels or, for a large map, by
         tiles of rows."""
-        arg, conv = self.conv.arg, self.conv
+        arg = self.conv.arg
         _, h, w = x.shape
-        k = arg.filter_size
-        planes = _padded_planes(x, k, arg.pad_value)
         oc, pool = arg.out_channels, arg.pool_type
+        planes = _padded_planes(x, arg.filter_size, arg.pad_value)
         out = np.empty((oc, h // pool.stride, w // pool.stride), np.uint8)
         per_value = self.act[0] == PER_VALUE
         values = np.empty((oc, h, w) if per_value else (oc, 0, 0), np.int64)
-        lut = NO_TABLE if self.lut is None else self.lut[1]
         lanes = lanes or machine_lanes()
-
-        def finish(columns: list[npt.NDArray[np.floating]], lo: int, hi: int, rows: int,
-                   tile_values: Int64Array, tile_out: UInt8Array) -> None:
-            """Output channels ``lo:hi`` of ``rows`` rows from their columns."""
-            _finish_conv(self._products(columns, lo, hi), x.shape[0] * k * k, self.centre,
-                         arg.arg_x, arg.shift_x, self.w_term[lo:hi], conv.bn_mul[lo:hi],
-                         conv.bn_shift[lo:hi], conv.bn_add[lo:hi], self.act, lut, int(pool),
-                         rows, w, tile_values, tile_out)
-
-        def channels(lo: int, hi: int) -> None:
-            if self.w_int is None:
-                finish(whole, lo, hi, h, values[lo:hi], out[lo:hi])
-                return
-            _depthwise(planes[lo:hi], self.w_int[lo:hi], k, arg.arg_x, arg.shift_x,
-                       self.w_term[lo:hi], conv.bn_mul[lo:hi], conv.bn_shift[lo:hi],
-                       conv.bn_add[lo:hi], self.act, lut, int(pool), h, w, values[lo:hi],
-                       out[lo:hi])
-
-        rows = self._tile_rows(h, w)
-
-        def tiles(first: int, last: int) -> None:
-            for tile in range(first, last):
-                top, bottom = tile * rows, min(h, (tile + 1) * rows)
-                tile_values = np.empty((oc, bottom - top, w) if per_value else (oc, 0, 0),
-                                       np.int64)
-                tile_out = np.empty((oc, (bottom - top) // pool.stride, out.shape[2]),
-                                    np.uint8)
-                finish(self._columns(planes, top, bottom), 0, oc, bottom - top, tile_values,
-                       tile_out)
-                out[:, top // pool.stride : top // pool.stride + tile_out.shape[1]] = tile_out
-                if per_value:
-                    values[:, top:bottom] = tile_values
-
-        if self.w_int is None and rows < h:
-            lanes.split(-(-h // rows), oc * h * w, tiles)
+        if self.w_int is not None:
+            lanes.split(oc, oc * h * w,
+                        lambda lo, hi: self._depthwise(planes, lo, hi, values, out))
+        elif (rows := self._tile_rows(h, w)) < h:
+            lanes.split(-(-h // rows), oc * h * w,
+                        lambda first, last: self._tiles(planes, first, last, rows, values, out))
         else:
-            whole = [] if self.w_int is not None else self._columns(planes, 0, h)
-            lanes.split(oc, oc * h * w, channels)
+            columns = self._columns(planes, 0, h)
+            lanes.split(oc, oc * h * w, lambda lo, hi: self._finish(
+                columns, lo, hi, h, values[lo:hi], out[lo:hi]))
         if not per_value:
             return out
-        activated = self.activation(values).reshape(oc, h, w)
-        return kpu_pool(activated, pool)
+        return kpu_pool(self.activation(values).reshape(oc, h, w), pool)
+
+    @property
+    def _table(self) -> UInt8Array:
+        return NO_TABLE if self.lut is None else self.lut[1]
+
+    def _depthwise(self, planes: UInt8Array, lo: int, hi: int, values: Int64Array,
+                   out: UInt8Array) -> None:
+        """Channels ``lo:hi`` of a depthwise layer."""
+        assert self.w_int is not None
+        arg, conv = self.conv.arg, self.conv
+        _depthwise(planes[lo:hi], self.w_int[lo:hi], arg.filter_size, arg.arg_x, arg.shift_x,
+                   self.w_term[lo:hi], conv.bn_mul[lo:hi], conv.bn_shift[lo:hi],
+                   conv.bn_add[lo:hi], self.act, self._table, int(arg.pool_type),
+                   arg.in_height, arg.in_width, values[lo:hi], out[lo:hi])
+
+    def _tiles(self, planes: UInt8Array, first: int, last: int, rows: int, values: Int64Array,
+               out: UInt8Array) -> None:
+        """Tiles ``first:last`` of ``rows`` rows each (the last one may be short), all
+        output channels, into ``out`` and ``values``."""
+        h, stride = self.conv.arg.in_height, self.conv.arg.pool_type.stride
+        for tile in range(first, last):
+            top, bottom = tile * rows, min(h, (tile + 1) * rows)
+            tile_values = np.empty((values.shape[0], bottom - top, values.shape[2]), np.int64)
+            tile_out = np.empty((out.shape[0], (bottom - top) // stride, out.shape[2]),
+                                np.uint8)
+            self._finish(self._columns(planes, top, bottom), 0, out.shape[0], bottom - top,
+                         tile_values, tile_out)
+            out[:, top // stride : top // stride + tile_out.shape[1]] = tile_out
+            if values.shape[1]:
+                values[:, top:bottom] = tile_values
+
+    def _finish(self, columns: list[npt.NDArray[np.floating]], lo: int, hi: int, rows: int,
+                values: Int64Array, out: UInt8Array) -> None:
+        """Output channels ``lo:hi`` of ``rows`` rows from their columns: GEMM, then the
+        epilogue."""
+        arg, conv = self.conv.arg, self.conv
+        _finish_conv(self._products(columns, lo, hi), arg.in_channels * arg.filter_size**2,
+                     self.centre, arg.arg_x, arg.shift_x, self.w_term[lo:hi],
+                     conv.bn_mul[lo:hi], conv.bn_shift[lo:hi], conv.bn_add[lo:hi], self.act,
+                     self._table, int(arg.pool_type), rows, arg.in_width, values, out)
 
     def _tile_rows(self, h: int, w: int) -> int:
         """Rows per tile of a regular convolution: about TILE_PIXELS, a multiple of 4 (whole
