@@ -11,6 +11,8 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edged.kpu.kmodel.kpu_regs import KpuLayerArgument
+
 Region = tuple[int, int]
 """KPU RAM bytes ``[start, end)``."""
 
@@ -26,6 +28,18 @@ class Access:
     map_in: tuple[Region, tuple[int, ...]] | None = None
     """A convolution's input map: where it is and its (c, h, w)."""
     map_out: tuple[Region, tuple[int, ...]] | None = None
+
+
+def conv_access(index: int, arg: KpuLayerArgument, batches: int = 1,
+                reads: tuple[Region, ...] = (), writes: tuple[Region, ...] = ()) -> Access:
+    """A KPU convolution's use of KPU RAM: the rows its registers name for ``batches`` maps
+    in and out (besides ``reads`` and ``writes``); only a single map can be handed over."""
+    source = (arg.src_addr * 64, (arg.src_addr + batches * arg.in_rows) * 64)
+    target = (arg.dst_addr * 64, (arg.dst_addr + batches * arg.out_rows) * 64)
+    single = batches == 1
+    return Access(index, (*reads, source), (*writes, target),
+                  (source, (arg.in_channels, arg.in_height, arg.in_width)) if single else None,
+                  (target, (arg.out_channels, arg.out_height, arg.out_width)) if single else None)
 
 
 def handed_over(layers: Sequence[Access], final_reads: Sequence[Region] = ()) -> frozenset[int]:

@@ -65,14 +65,6 @@ def _blocks(ram: UInt8Array, byte_offset: int, c: int, h: int, w: int) -> UInt8A
     return region.reshape(blocks, h, layout.groups, layout.row_pitch).transpose(0, 2, 1, 3)
 
 
-def kpu_span(c: int, h: int, w: int) -> int:
-    """Bytes of KPU RAM a (c, h, w) map takes in the row layout."""
-    if w % 64 == 0:
-        return c * h * w
-    layout = RowLayout.for_width(w)
-    return -(-c // layout.groups) * layout.row_len * h * 64
-
-
 def kpu_download(ram: UInt8Array, byte_offset: int, c: int, h: int, w: int) -> UInt8Array:
     """Read a (c, h, w) map out of KPU RAM (``kpu_download``)."""
     if w % 64 == 0:
@@ -100,7 +92,8 @@ def kpu_upload(ram: UInt8Array, byte_offset: int, fmap: UInt8Array) -> None:
 
 
 LUT_LIMIT = 1 << 22
-"""Largest activation lookup table built; beyond it the activation is computed per value."""
+"""Largest activation lookup table built; beyond it (and beyond PIECES segments in reach)
+the activation is computed per value."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -291,11 +284,7 @@ def _activate(
 @numba.njit(nogil=True, cache=True)
 def _pool_plane(x: npt.NDArray[np.generic], mode: int,
                 out: npt.NDArray[np.generic]) -> None:  # pragma: no cover - jitted
-    """``kpu_pool2d`` of one (h, w) plane; ``mode`` is a :class:`PoolType` value.
-
-    Works on uint8 maps and on activation-table indices alike (both non-negative, so a max
-    that counts "outside the map" as 0 equals one that skips it).
-    """
+    """``kpu_pool2d`` of one (h, w) uint8 plane; ``mode`` is a :class:`PoolType` value."""
     h, w = x.shape
     oh, ow = out.shape
     if mode == 1:  # MAX_2_S2, the commonest: no window leaves the map
@@ -354,15 +343,25 @@ def kpu_pool(x: UInt8Array, pool: PoolType) -> UInt8Array:
 PER_VALUE, TABLE, LINEAR, PIECEWISE = 0, 1, 2, 3
 """How an epilogue computes the activation (the first item of its ``act`` tuple)."""
 
+PIECE_FIELDS = ("threshold", "start", "mul", "shift", "mask", "half", "add")
+"""The fields of each piece in an ``act`` tuple, after ``(kind, table origin, half_even)``."""
+_P0, _P1, _P2, _P3 = (3 + k * len(PIECE_FIELDS) for k in range(PIECES))
+"""Where each piece starts in an ``act`` tuple."""
+
 
 @numba.njit(inline="always")
 def _pick(j: np.int64, act: tuple[int, ...], field: int) -> int:  # pragma: no cover - jitted
     """Field ``field`` of piece ``j`` of ``act``, as selects (no indexing: vectorises)."""
-    first, second = act[3 + field], act[10 + field]
-    third, fourth = act[17 + field], act[24 + field]
-    low = first if j == 0 else second
-    high = third if j == 2 else fourth
+    low = act[_P0 + field] if j == 0 else act[_P1 + field]
+    high = act[_P2 + field] if j == 2 else act[_P3 + field]
     return low if j < 2 else high
+
+
+@numba.njit(inline="always")
+def _batchnorm(acc: float, x_term: int, w_term: int, bn_mul: int, bn_shift: int,
+               bn_add: int) -> int:  # pragma: no cover - jitted
+    """``kpu_conv2d``'s batch-norm of one conv sum."""
+    return int((((np.int64(acc) + x_term + w_term) * bn_mul) >> bn_shift) + bn_add)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -388,26 +387,26 @@ def _finish_plane(
         for y in range(h):
             for x in range(w):
                 p = y * stride + x
-                values[y, x] = (((np.int64(acc[p]) + x_term[p] + w_term) * bn_mul)
-                                >> bn_shift) + bn_add
+                values[y, x] = _batchnorm(acc[p], x_term[p], w_term, bn_mul, bn_shift, bn_add)
         return
     direct = mode == 0 and stride == w  # the plane is the output, no copy or pool
     dst = out.reshape(-1) if direct else flat
     half_even = act[2] != 0
     if kind == LINEAR:
         for p in range(acc.size):
-            bn = (((np.int64(acc[p]) + x_term[p] + w_term) * bn_mul) >> bn_shift) + bn_add
-            dst[p] = _segment(bn, act[4], act[5], act[6], act[7], act[8], act[9], half_even)
+            bn = _batchnorm(acc[p], x_term[p], w_term, bn_mul, bn_shift, bn_add)
+            dst[p] = _segment(bn, act[_P0 + 1], act[_P0 + 2], act[_P0 + 3], act[_P0 + 4],
+                              act[_P0 + 5], act[_P0 + 6], half_even)
     elif kind == PIECEWISE:
         for p in range(acc.size):
-            bn = (((np.int64(acc[p]) + x_term[p] + w_term) * bn_mul) >> bn_shift) + bn_add
-            j = np.int64(bn > act[10]) + np.int64(bn > act[17]) + np.int64(bn > act[24])
+            bn = _batchnorm(acc[p], x_term[p], w_term, bn_mul, bn_shift, bn_add)
+            j = np.int64(bn > act[_P1]) + np.int64(bn > act[_P2]) + np.int64(bn > act[_P3])
             dst[p] = _segment(bn, _pick(j, act, 1), _pick(j, act, 2), _pick(j, act, 3),
                               _pick(j, act, 4), _pick(j, act, 5), _pick(j, act, 6), half_even)
     else:
         last, origin = lut.size - 1, act[1]
         for p in range(acc.size):
-            bn = (((np.int64(acc[p]) + x_term[p] + w_term) * bn_mul) >> bn_shift) + bn_add
+            bn = _batchnorm(acc[p], x_term[p], w_term, bn_mul, bn_shift, bn_add)
             index[p] = min(max(bn - origin, 0), last)
         for p in range(acc.size):
             dst[p] = lut[index[p]]
@@ -713,8 +712,7 @@ def _reachable(conv: KpuConv, w_term: Int64Array, sum_w: Int64Array) -> tuple[in
 def _activation_params(activation: Activation, linear: int | None, pieces: list[int] | None,
                        lut: tuple[int, UInt8Array] | None) -> tuple[int, ...]:
     """The ``act`` tuple of :func:`_finish_plane`."""
-    fields = (activation.threshold, activation.start, activation.mul, activation.shift,
-              activation.mask, activation.half, activation.add)
+    fields = [getattr(activation, name) for name in PIECE_FIELDS]
     never = (np.iinfo(np.int64).max, 0, 0, 0, 0, 1, 0)  # a piece no value reaches
 
     def piece(s: int | None) -> tuple[int, ...]:

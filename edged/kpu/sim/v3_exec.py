@@ -22,14 +22,8 @@ from edged.kpu.kmodel import v3
 from edged.kpu.kmodel.kpu_regs import KPU_RAM_BYTES, RowLayout
 from edged.kpu.kmodel.model import KModel, Layer
 from edged.kpu.sim.executor import LayerObserver, Rounding, check_inputs
-from edged.kpu.sim.handover import Access, handed_over
-from edged.kpu.sim.kpu_kernels import (
-    PreparedConv,
-    kpu_carry_shift,
-    kpu_download,
-    kpu_span,
-    kpu_upload,
-)
+from edged.kpu.sim.handover import Access, conv_access, handed_over
+from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_carry_shift, kpu_download, kpu_upload
 
 F32 = np.float32
 FLT_MIN = F32(1.17549435e-38)
@@ -86,14 +80,7 @@ def _access(layer: Layer) -> Access:
     write it too, left out of the overwrites (a conservative list)."""
     if not isinstance(layer, v3.Conv):
         return Access(layer.index)
-    a = layer.conv.arg
-    source = (a.src_addr * 64, a.src_addr * 64 + kpu_span(a.in_channels, a.in_height,
-                                                          a.in_width))
-    target = (a.dst_addr * 64, a.dst_addr * 64 + kpu_span(a.out_channels, a.out_height,
-                                                          a.out_width))
-    return Access(layer.index, (source,), (target,),
-                  (source, (a.in_channels, a.in_height, a.in_width)),
-                  (target, (a.out_channels, a.out_height, a.out_width)))
+    return conv_access(layer.index, layer.conv.arg)
 
 
 def _window_origins(out_size: int, stride: int, padding: int, kernel: int,

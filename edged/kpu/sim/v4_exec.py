@@ -30,7 +30,7 @@ from edged.kpu.kmodel.kpu_regs import KPU_RAM_BYTES, kpu_rows
 from edged.kpu.kmodel.model import KModel
 from edged.kpu.sim import cpu_ops, neutral_ops
 from edged.kpu.sim.executor import LayerObserver, Rounding, check_inputs
-from edged.kpu.sim.handover import Access, Region, handed_over
+from edged.kpu.sim.handover import Access, Region, conv_access, handed_over
 from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_download, kpu_upload
 from edged.kpu.sim.neutral_ops import F32, KernelFault, clamp, requantize
 
@@ -336,10 +336,4 @@ def _access(node: v4.V4Node) -> Access:
                 (writes if f.name in _WRITES else reads).append(_region(r))
     if not isinstance(node, v4.KpuConv2d):
         return Access(node.index, tuple(reads), tuple(writes))
-    a = node.conv.arg
-    source = (a.src_addr * 64, (a.src_addr + node.batches * a.in_rows) * 64)
-    target = (a.dst_addr * 64, (a.dst_addr + node.batches * a.out_rows) * 64)
-    single = node.batches == 1
-    return Access(node.index, (*reads, source), (*writes, target),
-                  (source, (a.in_channels, a.in_height, a.in_width)) if single else None,
-                  (target, (a.out_channels, a.out_height, a.out_width)) if single else None)
+    return conv_access(node.index, node.conv.arg, node.batches, tuple(reads), tuple(writes))
