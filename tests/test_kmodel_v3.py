@@ -159,3 +159,12 @@ def test_random_headers_never_crash() -> None:
         tail = rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
         with pytest.raises(KmodelError):
             parse_kmodel(header + tail)
+
+
+def test_a_shape_whose_byte_count_wraps_64_bits_is_refused() -> None:
+    """A resize of 2**31 x 2**31 x 4 values: 2**64, which int64 arithmetic wraps to 0."""
+    header = struct.pack("<7I", 3, 1, 0, 1, 0, 1024, 1) + struct.pack("<2I", 0, 1)
+    body = struct.pack("<9I", 0, 0, 0, 1 << 31, 1 << 31, 4, 1, 1, 0)
+    layer = struct.pack("<2I", V3LayerType.QUANTIZED_RESIZE_NEAREST_NEIGHBOR, len(body))
+    with pytest.raises(KmodelFormatError, match=r"resize input .* outside the 1024 bytes"):
+        parse_kmodel(header + layer + body)

@@ -37,10 +37,6 @@ class KmodelVersionError(KmodelError):
     code = 2002
     name = "ERR_KMODEL_VERSION"
 
-    def __init__(self, found: str) -> None:
-        super().__init__(found)
-        self.found = found
-
     def __str__(self) -> str:
         return f"load error:{self.code}, only support kmodel v3/v4 ({self.name}): {self.detail}"
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from edged.kpu.kmodel.model import KModel, TensorSpec
+from edged.kpu.kmodel.model import KModel, LayerSummary, TensorSpec
 from edged.kpu.sim.executor import create_executor
 from edged.kpu.sram import PROFILES, fits
 from edged.kpu.timing import estimate
@@ -36,13 +36,9 @@ def describe(model: KModel, name: str) -> str:
         f"({sum(s.on_kpu for s in model.summaries)} on the KPU)",
         f"  MACs per frame  {model.macs:,}",
         "",
-        f"  {'#':>3}  {'op':<34} {'unit':<4} {'input':<14} {'output':<14} {'MACs':>12}",
+        _LAYER_HEADER,
     ]
-    lines += [
-        f"  {s.index:>3}  {s.op:<34} {'KPU' if s.on_kpu else 'CPU':<4} "
-        f"{_shape(s.in_shape):<14} {_shape(s.out_shape):<14} {s.macs:>12,}"
-        for s in model.summaries
-    ]
+    lines += [_layer_row(s) for s in model.summaries]
     lines += ["", "  SRAM (kmodel + working memory + input + output) per runtime profile:"]
     for profile in PROFILES.values():
         fit = fits(model, profile)
@@ -59,6 +55,14 @@ def describe(model: KModel, name: str) -> str:
         f"  {'reaches' if chip.fps >= 30 else 'misses'} 30 fps on the chip",
     ]
     return "\n".join(lines)
+
+
+_LAYER_HEADER = f"  {'#':>3}  {'op':<34} {'unit':<4} {'input':<14} {'output':<14} {'MACs':>12}"
+
+
+def _layer_row(s: LayerSummary) -> str:
+    return (f"  {s.index:>3}  {s.op:<34} {'KPU' if s.on_kpu else 'CPU':<4} "
+            f"{_shape(s.in_shape):<14} {_shape(s.out_shape):<14} {s.macs:>12,}")
 
 
 def random_inputs(model: KModel, seed: int = 0) -> list[npt.NDArray[np.generic]]:
@@ -84,16 +88,10 @@ def profile(model: KModel, inputs: Sequence[npt.NDArray[np.generic]], repeat: in
         executor.run(inputs, observer=lambda i, seconds, _out: per_layer[i].append(seconds))
         totals.append(time.perf_counter() - started)
     chip = estimate(model)
-    lines = [
-        f"  {'#':>3}  {'op':<34} {'unit':<4} {'input':<14} {'output':<14} {'MACs':>12} "
-        f"{'chip ms':>8} {'sim ms':>8}"
-    ]
+    lines = [f"{_LAYER_HEADER} {'chip ms':>8} {'sim ms':>8}"]
     for s, est, times in zip(model.summaries, chip.layers, per_layer, strict=True):
-        lines.append(
-            f"  {s.index:>3}  {s.op:<34} {'KPU' if s.on_kpu else 'CPU':<4} "
-            f"{_shape(s.in_shape):<14} {_shape(s.out_shape):<14} {s.macs:>12,} "
-            f"{est.seconds * 1e3:>8.3f} {statistics.median(times) * 1e3:>8.3f}"
-        )
+        lines.append(f"{_layer_row(s)} {est.seconds * 1e3:>8.3f} "
+                     f"{statistics.median(times) * 1e3:>8.3f}")
     sim = statistics.median(totals)
     lines += [
         "",

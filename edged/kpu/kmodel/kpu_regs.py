@@ -25,7 +25,6 @@ ACTIVATION_TABLE_BYTES = 18 * 8
 ACTIVATION_SEGMENTS = 16
 
 Int64Array = npt.NDArray[np.int64]
-UInt8Array = npt.NDArray[np.uint8]
 
 
 class PoolType(IntEnum):
@@ -262,7 +261,8 @@ def decode_activation(span: Span, offset: int) -> tuple[Int64Array, ...]:
     """``kpu_activate_table_t``: 16 segments (x_start 36 signed, y_mul 16 signed, shift 8)
     followed by the 16 unsigned result biases."""
     words = span.array(offset, np.uint64, ACTIVATION_SEGMENTS, "activation table")
-    biases = span.array(offset + 8 * ACTIVATION_SEGMENTS, np.uint8, 16, "activation biases")
+    biases = span.array(offset + 8 * ACTIVATION_SEGMENTS, np.uint8, ACTIVATION_SEGMENTS,
+                        "activation biases")
     w = words.astype(np.int64)
     shift = w & 0xFF
     mul = (w >> 8) & 0xFFFF

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,7 +27,12 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return element_count(self.shape) * np.dtype(self.dtype).itemsize
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    """Values in a tensor of ``shape``, in Python integers: a forged shape cannot wrap."""
+    return math.prod(shape)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from edged.kpu.kmodel.kpu_regs import ACTIVATION_SEGMENTS
+
 FloatArray = npt.NDArray[np.float64]
 Int64Array = npt.NDArray[np.int64]
 UInt8Array = npt.NDArray[np.uint8]
@@ -40,7 +42,6 @@ ACT_MUL_BITS, ACT_MAX_SHIFT = 16, 20
 20 although the field has 8 bits, so neither do we: larger shifts are untested silicon."""
 ACT_START_LIMIT = 1 << 35
 """``x_start`` is 36-bit signed; batch-norm values must stay inside it."""
-SEGMENTS = 16
 MAX_POST_SHIFT = 20
 MIN_SPAN = 0.01
 """nncase 0.2's ``fixup_range`` floor on a range's width (a dead layer still gets a scale)."""
@@ -240,7 +241,7 @@ def fit_activation(slope: float, zero_point: int, post_shift: int,
     if 0.0 < slope < 1.0 and level > 0:
         mul, shift = extract_value_and_shift(slope / post, ACT_MUL_BITS, ACT_MAX_SHIFT)
         drift = mul / 2.0**shift - slope / post  # per batch-norm unit
-        count = min(SEGMENTS - 2, level)
+        count = min(ACTIVATION_SEGMENTS - 2, level)
         levels = [k * level // count for k in range(count)]
         exact = [target.knee - (target.top - a) * post / slope for a in levels]
         ends = [*exact[1:], float(id_start)]
@@ -255,7 +256,8 @@ def fit_activation(slope: float, zero_point: int, post_shift: int,
     errors.append(_segment_error(target, id_start, one_mul, one_shift, level, id_start, far))
     rows = [(-ACT_START_LIMIT, 0, 0, floor_add), *segments, (id_start, one_mul, one_shift, level)]
     # spare segments parked past any reachable value, as nncase's 0x7FFFFFFF0.. (saturated)
-    rows += [(ACT_START_LIMIT - SEGMENTS + i, 0, 0, 255) for i in range(SEGMENTS - len(rows))]
+    rows += [(ACT_START_LIMIT - ACTIVATION_SEGMENTS + i, 0, 0, 255)
+             for i in range(ACTIVATION_SEGMENTS - len(rows))]
     starts, muls, shifts, adds = (np.array(col, np.int64) for col in zip(*rows, strict=True))
     if np.any(np.diff(starts) <= 0) or starts[-1] >= ACT_START_LIMIT:
         raise ValueError(f"activation starts {starts.tolist()} are not ascending in 36 bits")
@@ -317,7 +319,7 @@ def _batchnorm(factors: FloatArray, offsets: FloatArray, post_shift: int, conv_l
     # segments parked at the top of the activation table (see fit_activation)
     reach = conv_bound * applied + np.abs(add) + 1
     if (np.any(np.abs(add) >= 2.0 ** (BN_ADD_BITS - 1))
-            or np.any(reach >= ACT_START_LIMIT - SEGMENTS)):
+            or np.any(reach >= ACT_START_LIMIT - ACTIVATION_SEGMENTS)):
         return None
     live = factors > 0
     relative = np.abs(applied[live] / (factors[live] * post) - 1.0)

@@ -11,7 +11,7 @@ tables are at absolute offsets in the file.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
@@ -34,6 +34,7 @@ from edged.kpu.kmodel.model import (
     Parsed,
     Program,
     TensorSpec,
+    element_count,
 )
 from edged.kpu.kmodel.reader import Span
 
@@ -289,7 +290,7 @@ class _Memory:
     size: int
     weight_dtype: npt.DTypeLike
     layer: int | None = 0
-    tensors: dict[int, tuple[tuple[int, ...], DType]] | None = None
+    tensors: dict[int, tuple[tuple[int, ...], DType]] = field(default_factory=dict)
     kpu_high: int = 0
 
     def check(self, start: int, nbytes: int, what: str, offset: int) -> None:
@@ -312,21 +313,17 @@ class _Memory:
 
     def write(self, start: int, shape: tuple[int, ...], dtype: DType, offset: int,
               what: str) -> None:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        self.check(start, nbytes, what, offset)
-        assert self.tensors is not None
+        self.read(start, shape, dtype, offset, what)
         self.tensors[start] = (shape, dtype)
 
     def shape_at(self, start: int, count: int, default: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of the tensor last written at ``start`` if it has ``count`` values."""
-        assert self.tensors is not None
         shape = self.tensors.get(start, (default, "uint8"))[0]
-        return shape if int(np.prod(shape, dtype=np.int64)) == count else default
+        return shape if element_count(shape) == count else default
 
     def read(self, start: int, shape: tuple[int, ...], dtype: DType, offset: int,
              what: str) -> None:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        self.check(start, nbytes, what, offset)
+        self.check(start, element_count(shape) * np.dtype(dtype).itemsize, what, offset)
 
 
 _Parser = Callable[[Span, int, V3LayerType, _Memory], tuple[V3Layer, LayerSummary]]
@@ -336,7 +333,7 @@ def _summary(
     layer: V3Layer, in_shape: tuple[int, ...], out_shape: tuple[int, ...], *, macs: int = 0,
     on_kpu: bool = False,
 ) -> LayerSummary:
-    elements = int(np.prod(in_shape, dtype=np.int64)) + int(np.prod(out_shape, dtype=np.int64))
+    elements = element_count(in_shape) + element_count(out_shape)
     return LayerSummary(layer.index, layer.type.name, on_kpu, in_shape, out_shape, macs, elements)
 
 
@@ -601,7 +598,7 @@ def parse_v3(data: bytes) -> Parsed:
     # a numpy view, not Python ints: a forged count costs no more than the file backs
     headers = whole.array(headers_at, np.uint32, 2 * n_layers, "layer headers")
     # flags bit 0 is the KPU's eight_bit_mode; otherwise weights are 16 bits wide.
-    mem = _Memory(main_mem, np.uint8 if flags & 1 else np.uint16, tensors={})
+    mem = _Memory(main_mem, np.uint8 if flags & 1 else np.uint16)
     layers: list[V3Layer] = []
     summaries: list[LayerSummary] = []
     body = headers_at + 8 * n_layers
@@ -627,11 +624,10 @@ def parse_v3(data: bytes) -> Parsed:
         summaries.append(summary)
         body += size
     outputs = []
+    mem.layer = None
     for i in range(n_outputs):
         start, size = outputs_raw[2 * i], outputs_raw[2 * i + 1]
-        mem.layer = None
         mem.check(start, size, f"output {i}", HEADER_BYTES + 8 * i)
-        assert mem.tensors is not None
         shape, dtype = mem.tensors.get(start, ((size,), "uint8"))
         spec = TensorSpec(shape, dtype)
         outputs.append(spec if spec.nbytes == size else TensorSpec((size,), "uint8"))
@@ -639,7 +635,6 @@ def parse_v3(data: bytes) -> Parsed:
     if isinstance(first, Conv):
         a = first.conv.arg
         inputs = (TensorSpec((a.in_channels, a.in_height, a.in_width), "uint8"),)
-        mem.check_kpu(a.src_addr, a.in_rows * 64, "model input", first.offset)
     elif isinstance(first, FullyConnected):
         inputs = (TensorSpec((first.in_channels,), "float32"),)
     else:

@@ -45,6 +45,7 @@ from edged.kpu.kmodel.model import (
     Parsed,
     Program,
     TensorSpec,
+    element_count,
 )
 from edged.kpu.kmodel.reader import Span
 
@@ -568,10 +569,6 @@ class V4Program(Program):
 # --- parsing ------------------------------------------------------------------------------
 
 
-def _count(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=object)) if shape else 1
-
-
 def _model_fail(reason: str, at: int | None = None) -> KmodelFormatError:
     return KmodelFormatError(f"model {reason}", offset=at)
 
@@ -718,7 +715,7 @@ class _Model:
     def shape_of(self, r: MemRange, count: int) -> tuple[int, ...]:
         """The shape last written at ``r`` if it has ``count`` values, else flat."""
         known = self.tensors.get((r.memory, r.start))
-        if known is not None and known[1] == r.dtype and _count(known[0]) == count:
+        if known is not None and known[1] == r.dtype and element_count(known[0]) == count:
             return known[0]
         return (count,)
 
@@ -730,7 +727,7 @@ _Parser = Callable[[_Node], _Parsed]
 def _summary(node: _Node, in_shape: tuple[int, ...], out_shape: tuple[int, ...], *,
              macs: int = 0, on_kpu: bool = False) -> LayerSummary:
     return LayerSummary(node.index, node.name, on_kpu, in_shape, out_shape, macs,
-                        _count(in_shape) + _count(out_shape))
+                        element_count(in_shape) + element_count(out_shape))
 
 
 def _where(n: _Node) -> tuple[int, int, Opcode]:
@@ -753,11 +750,11 @@ def _binary(n: _Node) -> _Parsed:
     size = 1 if quantized else 4
     for r, s, what in ((a, a_shape, "input_a"), (b, b_shape, "input_b")):
         n.typed(r, dtype, what)
-        n.reads(r, _count(s) * size, what)
+        n.reads(r, element_count(s) * size, what)
     n.typed(out, dtype, "output")
     # with equal input shapes the kernel writes prod(in_a_shape) values, whatever out_shape
     written = a_shape if a_shape == b_shape else out_shape
-    n.writes(out, _count(written) * size, "output", written)
+    n.writes(out, element_count(written) * size, "output", written)
     if not quantized:
         node: V4Node = Binary(*_where(n), a, b, out, op, a_shape, b_shape, out_shape,
                               n.activation())
@@ -822,8 +819,8 @@ def _conv2d(n: _Node) -> _Parsed:
     size = 1 if quantized else 4
     n.typed(inp, dtype, "input")
     n.typed(out, dtype, "output")
-    n.reads(inp, _count(in_shape) * size, "input")
-    n.writes(out, _count(out_shape) * size, "output", out_shape)
+    n.reads(inp, element_count(in_shape) * size, "input")
+    n.writes(out, element_count(out_shape) * size, "output", out_shape)
     node: V4Node
     if quantized:
         in_off, w_off, mul, shift, out_off = _requant_params(n)
@@ -836,7 +833,7 @@ def _conv2d(n: _Node) -> _Parsed:
         weights = n.array(np.float32, taps, "weights")
         bias = n.array(np.float32, oc, "bias")
         node = Conv2d(*_where(n), inp, out, in_shape, groups, oc, window, act, weights, bias)
-    macs = _count(out_shape) * (in_shape[1] // groups) * window.filter_h * window.filter_w
+    macs = element_count(out_shape) * (in_shape[1] // groups) * window.filter_h * window.filter_w
     return node, _summary(n, in_shape, out_shape, macs=macs)
 
 
@@ -851,14 +848,14 @@ def _conv2d_transpose(n: _Node) -> _Parsed:
     taps = out_shape[1] * in_shape[1] // groups * window.filter_h * window.filter_w
     n.typed(inp, "float32", "input")
     n.typed(out, "float32", "output")
-    n.reads(inp, _count(in_shape) * 4, "input")
-    n.writes(out, _count(out_shape) * 4, "output", out_shape)
+    n.reads(inp, element_count(in_shape) * 4, "input")
+    n.writes(out, element_count(out_shape) * 4, "output", out_shape)
     act = n.activation()
     weights = n.array(np.float32, taps, "weights")
     bias = n.array(np.float32, out_shape[1], "bias")
     node = Conv2dTranspose(*_where(n), inp, out, in_shape, out_shape, groups, window, act,
                            weights, bias)
-    macs = _count(in_shape) * (out_shape[1] // groups) * window.filter_h * window.filter_w
+    macs = element_count(in_shape) * (out_shape[1] // groups) * window.filter_h * window.filter_w
     return node, _summary(n, in_shape, out_shape, macs=macs)
 
 
@@ -917,8 +914,8 @@ def _pad(n: _Node) -> _Parsed:
         raise n.fail(f"paddings {paddings} crop {in_shape} below nothing")
     if inp.dtype != out.dtype:
         raise n.fail(f"input is {inp.dtype} but output is {out.dtype}")
-    n.reads(inp, _count(in_shape) * inp.itemsize, "input")
-    n.writes(out, _count(node.out_shape) * out.itemsize, "output", node.out_shape)
+    n.reads(inp, element_count(in_shape) * inp.itemsize, "input")
+    n.writes(out, element_count(node.out_shape) * out.itemsize, "output", node.out_shape)
     return node, _summary(n, in_shape, node.out_shape)
 
 
@@ -942,8 +939,8 @@ def _reduce(n: _Node) -> _Parsed:
     (init,) = n.floats(1, "init_value")
     n.typed(inp, "float32", "input")
     n.typed(out, "float32", "output")
-    n.reads(inp, _count(in_shape) * 4, "input")
-    n.writes(out, _count(out_shape) * 4, "output", out_shape)
+    n.reads(inp, element_count(in_shape) * 4, "input")
+    n.writes(out, element_count(out_shape) * 4, "output", out_shape)
     if op is ReduceOp.MEAN and inp.count == 0:
         raise n.fail("mean over an input range of no values")
     node = Reduce(*_where(n), inp, out, op, in_shape, out_shape, init)
@@ -961,8 +958,8 @@ def _reduce_window2d(n: _Node) -> _Parsed:
     node = ReduceWindow2d(*_where(n), inp, out, op, in_shape, window, init, act, nhwc)
     n.typed(inp, "float32", "input")
     n.typed(out, "float32", "output")
-    n.reads(inp, _count(in_shape) * 4, "input")
-    n.writes(out, _count(node.out_shape) * 4, "output", node.out_shape)
+    n.reads(inp, element_count(in_shape) * 4, "input")
+    n.writes(out, element_count(node.out_shape) * 4, "output", node.out_shape)
     return node, _summary(n, in_shape, node.out_shape)
 
 
@@ -989,8 +986,8 @@ def _resize_image(n: _Node) -> _Parsed:
     if inp.dtype != out.dtype:
         raise n.fail(f"input is {inp.dtype} but output is {out.dtype}")
     out_shape = (in_shape[0], in_shape[1], out_h, out_w)
-    n.reads(inp, _count(in_shape) * inp.itemsize, "input")
-    n.writes(out, _count(out_shape) * out.itemsize, "output", out_shape)
+    n.reads(inp, element_count(in_shape) * inp.itemsize, "input")
+    n.writes(out, element_count(out_shape) * out.itemsize, "output", out_shape)
     node = ResizeImage(*_where(n), inp, out, in_shape, out_h, out_w, mode, align != 0)
     return node, _summary(n, in_shape, out_shape)
 
@@ -1017,8 +1014,8 @@ def _transpose(n: _Node) -> _Parsed:
     node = Transpose(*_where(n), inp, out, in_shape, perm)  # type: ignore[arg-type]
     if inp.dtype != out.dtype:
         raise n.fail(f"input is {inp.dtype} but output is {out.dtype}")
-    n.reads(inp, _count(in_shape) * inp.itemsize, "input")
-    n.writes(out, _count(in_shape) * out.itemsize, "output", node.out_shape)
+    n.reads(inp, element_count(in_shape) * inp.itemsize, "input")
+    n.writes(out, element_count(in_shape) * out.itemsize, "output", node.out_shape)
     return node, _summary(n, in_shape, node.out_shape)
 
 
@@ -1038,8 +1035,8 @@ def _strided_slice(n: _Node) -> _Parsed:
                          f"outside 0..{dim - 1}", at)
     if inp.dtype != out.dtype:
         raise n.fail(f"input is {inp.dtype} but output is {out.dtype}")
-    n.reads(inp, _count(in_shape) * inp.itemsize, "input")
-    n.writes(out, _count(node.out_shape) * out.itemsize, "output", node.out_shape)
+    n.reads(inp, element_count(in_shape) * inp.itemsize, "input")
+    n.writes(out, element_count(node.out_shape) * out.itemsize, "output", node.out_shape)
     return node, _summary(n, in_shape, node.out_shape)
 
 
@@ -1126,8 +1123,8 @@ def _cpu_conv2d(n: _Node) -> _Parsed:
     size = 1 if quantized else 4
     n.typed(inp, dtype, "input")
     n.typed(out, dtype, "output")
-    n.reads(inp, _count(in_shape) * size, "input")
-    n.writes(out, _count(out_shape) * size, "output", out_shape)
+    n.reads(inp, element_count(in_shape) * size, "input")
+    n.writes(out, element_count(out_shape) * size, "output", out_shape)
     node: V4Node
     if quantized:
         in_off, w_off, mul, shift, out_off = _requant_params(n)
@@ -1141,7 +1138,7 @@ def _cpu_conv2d(n: _Node) -> _Parsed:
         bias = n.array(np.float32, oc, "bias")
         node = CpuConv2d(*_where(n), inp, out, in_shape, oc, window, act, weights, bias,
                          depthwise)
-    return node, _summary(n, in_shape, out_shape, macs=_count(out_shape) * taps)
+    return node, _summary(n, in_shape, out_shape, macs=element_count(out_shape) * taps)
 
 
 def _kpu_upload(n: _Node) -> _Parsed:
@@ -1150,7 +1147,7 @@ def _kpu_upload(n: _Node) -> _Parsed:
     if out.memory is not MemoryType.K210_KPU:
         raise n.fail(f"output is in {out.memory.name.lower()} memory, not the KPU's", out.at)
     batch, c, h, w = in_shape
-    n.reads(inp, _count(in_shape), "input")
+    n.reads(inp, element_count(in_shape), "input")
     n.writes(out, batch * kpu_rows(w, h, c) * 64, "output", None)
     return KpuUpload(*_where(n), inp, out, in_shape), _summary(n, in_shape, in_shape)
 
@@ -1186,7 +1183,7 @@ def _kpu_conv2d(n: _Node) -> _Parsed:
         if main_out.memory is not MemoryType.MAIN:
             raise n.fail(f"main_mem_output is in {main_out.memory.name.lower()} memory",
                          main_out.at)
-        n.writes(main_out, _count(out_shape), "main_mem_output", out_shape)
+        n.writes(main_out, element_count(out_shape), "main_mem_output", out_shape)
         used = main_out
     node = KpuConv2d(*_where(n), used, batches, conv)
     return node, _summary(n, in_shape, out_shape, macs=arg.macs * batches, on_kpu=True)
@@ -1253,7 +1250,7 @@ def parse_v4(data: bytes) -> Parsed:
     for i, r in enumerate(input_ranges):
         shape = whole.unpack("4i", at + SHAPE_BYTES * i, f"input {i} shape")
         dims = tuple(int(d) for d in shape)
-        if min(dims) < 1 or _count(dims) * r.itemsize != r.size:
+        if min(dims) < 1 or element_count(dims) * r.itemsize != r.size:
             raise KmodelFormatError(f"input {i} shape {dims} of {r.dtype} does not fill its "
                                     f"{r.size}-byte range", offset=at + SHAPE_BYTES * i)
         if r.memory is MemoryType.CONST:
