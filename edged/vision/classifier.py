@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from edged.vision.detection import SCORE_DIGITS, label_for
+from edged.vision.detection import label_for
 
 
 def softmax(logits: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -30,13 +30,6 @@ class Classification:
     label: str
     class_id: int
     score: float
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "label": self.label,
-            "class_id": self.class_id,
-            "score": round(self.score, SCORE_DIGITS),
-        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,6 +128,8 @@ def nms_maixpy(
         column = result[:, k]
         # Zero-probability boxes sort last and are skipped, so they never suppress anything.
         candidates = np.flatnonzero(column).astype(np.intp)
+        if candidates.size < 2:  # nothing to suppress
+            continue
         kept = _greedy(_by_score(column, candidates), overlaps)
         column[np.setdiff1d(candidates, kept, assume_unique=True)] = 0
     return result

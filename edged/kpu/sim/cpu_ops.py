@@ -38,12 +38,10 @@ def _conv2d_nhwc(
     for b in range(n):
         for oy in range(oh):
             y0 = oy * sh - pt
-            ky0 = max(0, (-y0 + dh - 1) // dh)
-            ky1 = min(fh, (h - y0 + dh - 1) // dh)
+            ky0, ky1 = neutral_ops.window_range(y0, dh, fh, h)
             for ox in range(ow):
                 x0 = ox * sw - pl
-                kx0 = max(0, (-x0 + dw - 1) // dw)
-                kx1 = min(fw, (w - x0 + dw - 1) // dw)
+                kx0, kx1 = neutral_ops.window_range(x0, dw, fw, w)
                 for o in range(oc):
                     value = bias[o]
                     for ky in range(ky0, ky1):

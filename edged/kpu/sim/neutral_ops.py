@@ -17,6 +17,7 @@ is given, since values without a ``ret`` keep theirs); the executor writes them 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TypeVar
 
@@ -68,9 +69,11 @@ def clamp(values: Float32Array, activation: tuple[float, float]) -> Float32Array
     return np.where(values < lo, lo, np.where(hi < values, hi, values))
 
 
+@functools.cache
 def reduced_index(out_shape: Shape4, in_shape: Shape4) -> Int64Array:
     """Per output position, the flat input index ``get_reduced_offset`` picks: along each
-    axis the output index, or 0 where it is past the input's extent (no modulo)."""
+    axis the output index, or 0 where it is past the input's extent (no modulo). A node's
+    shapes are fixed, so each pair is worked out once (read-only)."""
     index = np.zeros(out_shape, I64)
     stride = 1
     for axis in range(3, -1, -1):
@@ -80,7 +83,9 @@ def reduced_index(out_shape: Shape4, in_shape: Shape4) -> Int64Array:
         view[axis] = out_shape[axis]
         index += (along * stride).reshape(view)
         stride *= in_shape[axis]
-    return index.reshape(-1)
+    flat = index.reshape(-1)
+    flat.setflags(write=False)
+    return flat
 
 
 # --- elementwise --------------------------------------------------------------------------------
@@ -310,7 +315,7 @@ def reduce(
 
 
 @numba.njit(inline="always")
-def _window_range(origin: int, dilation: int, filt: int, size: int) -> tuple[int, int]:
+def window_range(origin: int, dilation: int, filt: int, size: int) -> tuple[int, int]:
     """``filter_start, filter_end``: the taps of a window that fall inside the input. (Where
     the C++ truncates a negative quotient, floor gives a smaller bound; both empty the loop
     or clamp to 0 alike.)"""
@@ -333,10 +338,10 @@ def reduce_window2d(
         for ch in range(c):
             for oy in range(oh):
                 y0 = oy * sh - pt
-                ky0, ky1 = _window_range(y0, dh, fh, h)
+                ky0, ky1 = window_range(y0, dh, fh, h)
                 for ox in range(ow):
                     x0 = ox * sw - pl
-                    kx0, kx1 = _window_range(x0, dw, fw, w)
+                    kx0, kx1 = window_range(x0, dw, fw, w)
                     value = init
                     count = 0
                     for ky in range(ky0, ky1):
@@ -397,10 +402,10 @@ def conv2d(
             for o in range(g * g_oc, (g + 1) * g_oc):
                 for oy in range(oh):
                     y0 = oy * sh - pt
-                    ky0, ky1 = _window_range(y0, dh, fh, h)
+                    ky0, ky1 = window_range(y0, dh, fh, h)
                     for ox in range(ow):
                         x0 = ox * sw - pl
-                        kx0, kx1 = _window_range(x0, dw, fw, w)
+                        kx0, kx1 = window_range(x0, dw, fw, w)
                         value = bias[o]
                         for i in range(g_ic):
                             ch = g * g_ic + i
@@ -471,10 +476,10 @@ def conv2d_transpose(
                 ch = g * g_ic + i
                 for iy in range(h):
                     y0 = iy * sh - pt
-                    ky0, ky1 = _window_range(y0, dh, fh, oh)
+                    ky0, ky1 = window_range(y0, dh, fh, oh)
                     for ix in range(w):
                         x0 = ix * sw - pl
-                        kx0, kx1 = _window_range(x0, dw, fw, ow)
+                        kx0, kx1 = window_range(x0, dw, fw, ow)
                         v = x[b, ch, iy, ix]
                         for o in range(g * g_oc, (g + 1) * g_oc):
                             for ky in range(ky0, ky1):

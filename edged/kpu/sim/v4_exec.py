@@ -16,6 +16,7 @@ their ranges as raw bytes (a KPU-resident input is written as is, as the runtime
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -37,10 +38,14 @@ from edged.kpu.sim.neutral_ops import F32, KernelFault, clamp, requantize
 Array = npt.NDArray[Any]
 
 
+@functools.cache
 def _window(w: v4.Window) -> npt.NDArray[np.int64]:
-    """The kernels' window vector: filter, stride, dilation, then top and left padding."""
-    return np.array([w.filter_h, w.filter_w, w.stride_h, w.stride_w, w.dilation_h,
-                     w.dilation_w, w.padding_h[0], w.padding_w[0]], np.int64)
+    """The kernels' window vector: filter, stride, dilation, then top and left padding
+    (a node's window is fixed: built once, read-only)."""
+    vector = np.array([w.filter_h, w.filter_w, w.stride_h, w.stride_w, w.dilation_h,
+                       w.dilation_w, w.padding_h[0], w.padding_w[0]], np.int64)
+    vector.setflags(write=False)
+    return vector
 
 
 def _bits(dtype: str) -> type[np.unsignedinteger[Any]]:
