@@ -7,7 +7,7 @@ the replaced frame is counted as dropped. Latency stays bounded by one frame per
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -46,33 +46,35 @@ class Rotation(Generic[T]):
 
     def __init__(self) -> None:
         self.doorbell = asyncio.Event()
-        self._boxes: list[Mailbox[T]] = []
+        self._boxes: dict[str, Mailbox[T]] = {}
         self._next = 0
 
     def add(self, name: str) -> Mailbox[T]:
         box: Mailbox[T] = Mailbox(name, self.doorbell)
-        self._boxes.append(box)
+        self._boxes[name] = box
         return box
 
     def remove(self, name: str) -> None:
-        self._boxes = [b for b in self._boxes if b.name != name]
+        del self._boxes[name]
         self._next = 0
 
     @property
-    def boxes(self) -> Sequence[Mailbox[T]]:
-        return tuple(self._boxes)
+    def boxes(self) -> Mapping[str, Mailbox[T]]:
+        """Each mailbox by name, in rotation order."""
+        return self._boxes
 
     async def take(self) -> tuple[str, T]:
         """The next waiting item in rotation order, waiting for one if none is there."""
         while True:
-            count = len(self._boxes)
+            boxes = list(self._boxes.values())
+            count = len(boxes)
             for step in range(count):
-                box = self._boxes[(self._next + step) % count]
+                box = boxes[(self._next + step) % count]
                 item = box.take()
                 if item is not None:
                     self._next = (self._next + step + 1) % count
                     return box.name, item
             self.doorbell.clear()
-            if any(b.full for b in self._boxes):  # a put raced the clear
+            if any(b.full for b in boxes):  # a put raced the clear
                 continue
             await self.doorbell.wait()

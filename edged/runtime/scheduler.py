@@ -84,7 +84,8 @@ class Scheduler:
         self.publish = publish
         self.flows = {camera: Flow() for camera in routes}
         self._rotation: Rotation[Frame] = Rotation()
-        self._boxes = {camera: self._rotation.add(camera) for camera in routes}
+        for camera in routes:
+            self._rotation.add(camera)
         self._cpu = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edged-cpu")
         self._room = asyncio.Semaphore(1)
         self._prepared: asyncio.Queue[_Job] = asyncio.Queue(maxsize=1)
@@ -100,16 +101,15 @@ class Scheduler:
     @property
     def boxes(self) -> Mapping[str, Mailbox[Frame]]:
         """Each routed camera's mailbox."""
-        return self._boxes
+        return self._rotation.boxes
 
     def set_routes(self, routes: Mapping[str, str]) -> None:
         """Cameras and their pipelines after a reload; a removed camera's frames in flight
         still finish."""
         for camera in set(self.routes) - set(routes):
             self._rotation.remove(camera)
-            del self._boxes[camera]
         for camera in set(routes) - set(self.routes):
-            self._boxes[camera] = self._rotation.add(camera)
+            self._rotation.add(camera)
             self.flows.setdefault(camera, Flow())
         self.routes = dict(routes)
 
