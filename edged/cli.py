@@ -85,7 +85,6 @@ def _kpu_profile(args: argparse.Namespace) -> int:
 def _infer(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
-    from edged.runtime.definitions import DefinitionError  # noqa: PLC0415
     from edged.runtime.infer import InferError, infer  # noqa: PLC0415
 
     try:
@@ -105,12 +104,13 @@ def _run(args: argparse.Namespace) -> int:
     from edged import logs  # noqa: PLC0415
     from edged.config import DEMO, load_settings  # noqa: PLC0415
     from edged.daemon import Daemon, StartError  # noqa: PLC0415
+    from edged.mqtt.topics import default_prefix  # noqa: PLC0415
 
     path = Path(args.config) if args.config else None
     settings = load_settings(path, None if path else DEMO)
     logs.configure(settings.log.level, settings.log.format)
     if path is None:
-        prefix = settings.mqtt.prefix or f"edged/{settings.device_id}"
+        prefix = settings.mqtt.prefix or default_prefix(settings.device_id)
         print(f"edged demo: a synthetic camera through the shapes model; subscribe with\n"
               f"  mosquitto_sub -h {settings.mqtt.host} -p {settings.mqtt.port} "
               f"-t '{prefix}/#' -v", file=sys.stderr)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,7 +31,7 @@ from edged.control.config import ButtonConfig, GpioButtonConfig, SimulatedButton
 from edged.kpu.serial.config import SerialSettings
 from edged.kpu.sram import PROFILES
 from edged.mqtt.config import MqttSettings
-from edged.runtime.definitions import NAME_PATTERN, DefinitionError, validation_problems
+from edged.runtime.definitions import NAME_PATTERN, DefinitionError, Strict, validation_problems
 from edged.runtime.pipeline import PROJECT_PIPELINES
 
 CREDENTIALS = {"mqtt-username": ("mqtt", "username"), "mqtt-password": ("mqtt", "password")}
@@ -42,11 +42,7 @@ class ConfigError(DefinitionError):
     """A config file (or environment) that cannot be used; names file and field."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class KpuSettings(_Section):
+class KpuSettings(Strict):
     """Which accelerator runs the models, and under which memory budget."""
 
     backend: Literal["sim", "serial"] = Field(
@@ -76,7 +72,7 @@ class KpuSettings(_Section):
         return self
 
 
-class ModelSettings(_Section):
+class ModelSettings(Strict):
     """Where models are found and how they may be swapped."""
 
     search_path: list[Path] = Field(
@@ -96,20 +92,20 @@ class ModelSettings(_Section):
     )
 
 
-class StatsSettings(_Section):
+class StatsSettings(Strict):
     interval: float = Field(
         default=15.0, ge=0.5, le=3600, description="seconds between two stats messages"
     )
 
 
-class LogSettings(_Section):
+class LogSettings(Strict):
     level: Literal["debug", "info", "warning", "error"] = Field(default="info")
     format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: JSON lines unless stderr is a terminal"
     )
 
 
-class WatchdogSettings(_Section):
+class WatchdogSettings(Strict):
     stall_limit: float = Field(
         default=10.0, gt=0, description="seconds without a KPU run while frames wait: unhealthy"
     )
@@ -144,15 +140,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        names = [c.name for c in self.cameras]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"camera names must be unique: {', '.join(twice)} repeated")
+        cameras = [c.name for c in self.cameras]
         buttons = [b.name for b in self.buttons]
         inputs = [str(b.socket) if isinstance(b, SimulatedButtonConfig)
                   else f"{b.device}:{b.line}" for b in self.buttons
                   if isinstance(b, SimulatedButtonConfig | GpioButtonConfig)]
-        for what, values in (("button names", buttons), ("button inputs", inputs)):
+        for what, values in (("camera names", cameras), ("button names", buttons),
+                             ("button inputs", inputs)):
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
                 raise ValueError(f"{what} must be unique: {', '.join(repeated)} repeated")

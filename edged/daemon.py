@@ -296,7 +296,7 @@ class Daemon:
         self.publisher.publish_detections(detections_payload(
             device=self.settings.device_id, camera=frame.camera, pipeline=result.pipeline,
             model=result.model, frame=frame.seq, captured_at=frame.captured,
-            latency_ms=round(result.latency * 1e3, 2), image_size=(frame.width, frame.height),
+            latency_ms=result.latency * 1e3, image_size=(frame.width, frame.height),
             detections=result.detections, truth=frame.truth))
 
     def _publish_models(self) -> None:

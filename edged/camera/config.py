@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import Annotated, Literal, Self
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     DirectoryPath,
     Field,
     FilePath,
@@ -20,16 +18,14 @@ from pydantic import (
     model_validator,
 )
 
+from edged.runtime.definitions import SEGMENT_PATTERN, Strict
+
 MIN_SIDE, MAX_SIDE = 16, 8192  # pixels: below, no model input fits; above, no camera sends
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Camera(_Model):
+class _Camera(Strict):
     name: str = Field(
-        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        pattern=SEGMENT_PATTERN,
         description="Camera name, unique in the deployment; it is a segment of MQTT topics "
         "(<prefix>/<name>/detections), so only letters, digits, '_' and '-'.",
     )
@@ -38,7 +34,7 @@ class _Camera(_Model):
     )
     pipeline: str = Field(
         default="face",
-        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        pattern=SEGMENT_PATTERN,
         description="The pipeline (pipelines/<name>.toml) this camera's frames go through.",
     )
 
@@ -78,7 +74,7 @@ class _OptionalSize(_Camera):
         return self.width, self.height
 
 
-class ReconnectConfig(_Model):
+class ReconnectConfig(Strict):
     """Backoff between attempts to reopen a failed source: exponential, with jitter."""
 
     initial: float = Field(

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import Field, JsonValue, field_validator
 
-from edged.runtime.definitions import NAME_PATTERN
+from edged.runtime.definitions import NAME_PATTERN, SEGMENT_PATTERN, Strict
 
 PressKind = Literal["press", "long_press"]
 """What a button reports: a short press (on release) or a long press (once held long enough)."""
@@ -24,11 +24,7 @@ SUN_PATH_MAX = 107  # bytes a UNIX socket path may have (sockaddr_un.sun_path le
 ModelName = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CycleAction(_Model):
+class CycleAction(Strict):
     """Step a pipeline to the next model of a list, wrapping around after the last."""
 
     action: Literal["cycle"] = Field(description="Cycle the pipeline's models.")
@@ -50,7 +46,7 @@ class CycleAction(_Model):
         return models
 
 
-class SwitchAction(_Model):
+class SwitchAction(Strict):
     """Put one named model on a pipeline."""
 
     action: Literal["switch"] = Field(description="Switch the pipeline to one model.")
@@ -58,7 +54,7 @@ class SwitchAction(_Model):
     model: str = Field(pattern=NAME_PATTERN, description="The model to run (its manifest name).")
 
 
-class EventAction(_Model):
+class EventAction(Strict):
     """Tell the outside world: the daemon publishes the payload to MQTT."""
 
     action: Literal["event"] = Field(description="Publish an event.")
@@ -71,9 +67,9 @@ ButtonAction = Annotated[CycleAction | SwitchAction | EventAction, Field(discrim
 """What a press runs, chosen by its ``action``: ``cycle``, ``switch`` or ``event``."""
 
 
-class _Button(_Model):
+class _Button(Strict):
     name: str = Field(
-        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        pattern=SEGMENT_PATTERN,
         description="Button name, unique in the deployment; logs and events carry it, so "
         "only letters, digits, '_' and '-'.",
     )

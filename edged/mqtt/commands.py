@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edged.kpu.errors import KpuError
 from edged.mqtt.payloads import (
+    REQUEST_ID_MAX,
     Changes,
     CommandErrorCode,
     CommandResultPayload,
@@ -48,7 +49,7 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    request_id: str | None = Field(default=None, min_length=1, max_length=128)
+    request_id: str | None = Field(default=None, min_length=1, max_length=REQUEST_ID_MAX)
 
 
 class SwitchCommand(_Command):

@@ -9,16 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from edged.mqtt.topics import validate_prefix
+from edged.runtime.definitions import Strict
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TlsSettings(_Section):
+class TlsSettings(Strict):
     """TLS to the broker; an empty section means TLS with the system's CA certificates."""
 
     ca_file: Path | None = Field(
@@ -43,7 +40,7 @@ class TlsSettings(_Section):
         return self
 
 
-class BackoffSettings(_Section):
+class BackoffSettings(Strict):
     """Reconnect pacing: each failed attempt doubles the wait up to ``max``, with jitter."""
 
     initial: float = Field(
@@ -58,7 +55,7 @@ class BackoffSettings(_Section):
         return self
 
 
-class MqttSettings(_Section):
+class MqttSettings(Strict):
     """The broker connection and the publisher's bounds."""
 
     host: str = Field(default="localhost", min_length=1, description="Broker host name or IP.")

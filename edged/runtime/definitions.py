@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 """Model and pipeline names go into MQTT payloads and commands: no spaces, ``/``, ``+``, ``#``."""
 
+SEGMENT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+"""Camera and button names (and a camera's pipeline): a segment of MQTT topics and logs."""
+
 Score = Annotated[float, Field(ge=0.0, le=1.0)]
 
 Problem = tuple[str, str]

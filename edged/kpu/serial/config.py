@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from edged.runtime.definitions import NAME_PATTERN, Strict
 
 Mode = Literal["host", "stream"]
 
@@ -57,10 +59,8 @@ class BoardLocation:
         return f"{FLASH_PREFIX}{self.flash:#x}" if self.flash is not None else str(self.path)
 
 
-class SerialSettings(BaseModel):
+class SerialSettings(Strict):
     """The board's port, the link's pace and timeouts, and where its models are."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     port: str = Field(
         description="the board's serial port, e.g. /dev/ttyUSB0 or a stable "
@@ -78,7 +78,7 @@ class SerialSettings(BaseModel):
         description="stream mode: the pipeline whose model (a YOLOv2 manifest) the board runs "
         "on its camera")
     stream_camera: str = Field(
-        default="board", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",  # it names MQTT topics
+        default="board", pattern=NAME_PATTERN,  # it names MQTT topics
         description="stream mode: the camera name the board's detections are published under")
     stream_fps: float = Field(
         default=15.0, gt=0, le=60,

@@ -27,6 +27,7 @@ import serial_asyncio_fast
 
 from edged.kpu.errors import KpuError
 from edged.kpu.serial.protocol import (
+    ERR_BAD_FRAME,
     EVENT_TYPES,
     OVERHEAD,
     SEQ_MODULO,
@@ -40,7 +41,6 @@ from edged.kpu.serial.protocol import (
     split_reply,
 )
 
-ERR_BAD_FRAME = 1001
 CLOSE_TIMEOUT = 2.0
 
 
