@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,7 @@ NNIL_STACK = 64
 """``nnil_evalstack``'s fixed depth."""
 
 Shape4 = tuple[int, int, int, int]
+E = TypeVar("E", bound=IntEnum)
 Padding = tuple[int, int]
 ValueRange = tuple[float, float]
 
@@ -689,6 +690,30 @@ class _Node:
         if shape is not None:
             self.model.produced(r, shape)
 
+    def typed_io(self, inp: MemRange, out: MemRange, dtype: DType, in_shape: tuple[int, ...],
+                 out_shape: tuple[int, ...]) -> None:
+        """A kernel reading ``in_shape`` values of ``dtype`` and writing ``out_shape``."""
+        size = np.dtype(dtype).itemsize
+        self.typed(inp, dtype, "input")
+        self.typed(out, dtype, "output")
+        self.reads(inp, element_count(in_shape) * size, "input")
+        self.writes(out, element_count(out_shape) * size, "output", out_shape)
+
+    def same_type_io(self, inp: MemRange, out: MemRange, in_shape: tuple[int, ...],
+                     out_shape: tuple[int, ...]) -> None:
+        """A data-movement kernel: it writes values of whatever type it reads."""
+        if inp.dtype != out.dtype:
+            raise self.fail(f"input is {inp.dtype} but output is {out.dtype}")
+        self.reads(inp, element_count(in_shape) * inp.itemsize, "input")
+        self.writes(out, element_count(out_shape) * out.itemsize, "output", out_shape)
+
+    def choice(self, kind: type[E], raw: int, at: int, message: str) -> E:
+        """``kind(raw)``, or a format error at ``at`` that says ``message``."""
+        try:
+            return kind(raw)
+        except ValueError:
+            raise self.fail(message, at) from None
+
 
 @dataclass
 class _Model:
@@ -739,11 +764,8 @@ def _binary(n: _Node) -> _Parsed:
     a, b, out = n.range("input_a"), n.range("input_b"), n.range("output")
     at = n.pos
     raw_op = n.i32("binary_op")
-    try:
-        op = BinaryOp(raw_op)
-    except ValueError:
-        raise n.fail(f"binary_op {raw_op} is not one of add, sub, mul, div, min, max",
-                     at) from None
+    op = n.choice(BinaryOp, raw_op, at,
+                  f"binary_op {raw_op} is not one of add, sub, mul, div, min, max")
     a_shape, b_shape, out_shape = n.shape("in_a_shape"), n.shape("in_b_shape"), n.shape(
         "out_shape")
     dtype: DType = "uint8" if quantized else "float32"
@@ -815,12 +837,7 @@ def _conv2d(n: _Node) -> _Parsed:
     oh, ow = window.out_size(in_shape[2], in_shape[3])
     out_shape = (in_shape[0], oc, oh, ow)
     taps = oc * in_shape[1] // groups * window.filter_h * window.filter_w
-    dtype: DType = "uint8" if quantized else "float32"
-    size = 1 if quantized else 4
-    n.typed(inp, dtype, "input")
-    n.typed(out, dtype, "output")
-    n.reads(inp, element_count(in_shape) * size, "input")
-    n.writes(out, element_count(out_shape) * size, "output", out_shape)
+    n.typed_io(inp, out, "uint8" if quantized else "float32", in_shape, out_shape)
     node: V4Node
     if quantized:
         in_off, w_off, mul, shift, out_off = _requant_params(n)
@@ -846,10 +863,7 @@ def _conv2d_transpose(n: _Node) -> _Parsed:
     if in_shape[0] != out_shape[0]:
         raise n.fail(f"{in_shape[0]} batches in, {out_shape[0]} out")
     taps = out_shape[1] * in_shape[1] // groups * window.filter_h * window.filter_w
-    n.typed(inp, "float32", "input")
-    n.typed(out, "float32", "output")
-    n.reads(inp, element_count(in_shape) * 4, "input")
-    n.writes(out, element_count(out_shape) * 4, "output", out_shape)
+    n.typed_io(inp, out, "float32", in_shape, out_shape)
     act = n.activation()
     weights = n.array(np.float32, taps, "weights")
     bias = n.array(np.float32, out_shape[1], "bias")
@@ -912,20 +926,14 @@ def _pad(n: _Node) -> _Parsed:
     node = Pad(*_where(n), inp, out, in_shape, paddings, pad_bits)
     if min(node.out_shape) < 0:
         raise n.fail(f"paddings {paddings} crop {in_shape} below nothing")
-    if inp.dtype != out.dtype:
-        raise n.fail(f"input is {inp.dtype} but output is {out.dtype}")
-    n.reads(inp, element_count(in_shape) * inp.itemsize, "input")
-    n.writes(out, element_count(node.out_shape) * out.itemsize, "output", node.out_shape)
+    n.same_type_io(inp, out, in_shape, node.out_shape)
     return node, _summary(n, in_shape, node.out_shape)
 
 
 def _reduce_op(n: _Node, *, with_sum: bool = True) -> ReduceOp:
     at = n.pos
     raw = n.i32("reduce_op")
-    try:
-        op = ReduceOp(raw)
-    except ValueError:
-        raise n.fail(f"reduce_op {raw} is not mean, min, max or sum", at) from None
+    op = n.choice(ReduceOp, raw, at, f"reduce_op {raw} is not mean, min, max or sum")
     if op is ReduceOp.SUM and not with_sum:
         raise n.fail("reduce_op sum: the runtime's cpu_reduce_window2d has no case for it "
                      "and fails (kcr_error)", at)
@@ -937,10 +945,7 @@ def _reduce(n: _Node) -> _Parsed:
     op = _reduce_op(n)
     in_shape, out_shape = n.shape("in_shape"), n.shape("out_shape")
     (init,) = n.floats(1, "init_value")
-    n.typed(inp, "float32", "input")
-    n.typed(out, "float32", "output")
-    n.reads(inp, element_count(in_shape) * 4, "input")
-    n.writes(out, element_count(out_shape) * 4, "output", out_shape)
+    n.typed_io(inp, out, "float32", in_shape, out_shape)
     if op is ReduceOp.MEAN and inp.count == 0:
         raise n.fail("mean over an input range of no values")
     node = Reduce(*_where(n), inp, out, op, in_shape, out_shape, init)
@@ -956,10 +961,7 @@ def _reduce_window2d(n: _Node) -> _Parsed:
     (init,) = n.floats(1, "init_value")
     act = n.activation()
     node = ReduceWindow2d(*_where(n), inp, out, op, in_shape, window, init, act, nhwc)
-    n.typed(inp, "float32", "input")
-    n.typed(out, "float32", "output")
-    n.reads(inp, element_count(in_shape) * 4, "input")
-    n.writes(out, element_count(node.out_shape) * 4, "output", node.out_shape)
+    n.typed_io(inp, out, "float32", in_shape, node.out_shape)
     return node, _summary(n, in_shape, node.out_shape)
 
 
@@ -979,15 +981,10 @@ def _resize_image(n: _Node) -> _Parsed:
     raw_mode = n.i32("mode")
     (align,) = n.ints("B", "align_corners")
     n.skip(3, "struct padding")
-    try:
-        mode = ResizeMode(raw_mode)
-    except ValueError:
-        raise n.fail(f"mode {raw_mode} is neither bilinear (0) nor nearest (1)", at) from None
-    if inp.dtype != out.dtype:
-        raise n.fail(f"input is {inp.dtype} but output is {out.dtype}")
+    mode = n.choice(ResizeMode, raw_mode, at,
+                    f"mode {raw_mode} is neither bilinear (0) nor nearest (1)")
     out_shape = (in_shape[0], in_shape[1], out_h, out_w)
-    n.reads(inp, element_count(in_shape) * inp.itemsize, "input")
-    n.writes(out, element_count(out_shape) * out.itemsize, "output", out_shape)
+    n.same_type_io(inp, out, in_shape, out_shape)
     node = ResizeImage(*_where(n), inp, out, in_shape, out_h, out_w, mode, align != 0)
     return node, _summary(n, in_shape, out_shape)
 
@@ -996,10 +993,7 @@ def _softmax(n: _Node) -> _Parsed:
     inp, out = n.range("input"), n.range("output")
     inner, outer = n.positive("inner_size"), n.positive("outer_size")
     (beta,) = n.floats(1, "beta")
-    n.typed(inp, "float32", "input")
-    n.typed(out, "float32", "output")
-    n.reads(inp, inner * outer * 4, "input")
-    n.writes(out, inner * outer * 4, "output", (outer, inner))
+    n.typed_io(inp, out, "float32", (outer, inner), (outer, inner))
     node = Softmax(*_where(n), inp, out, inner, outer, beta)
     return node, _summary(n, (outer, inner), (outer, inner))
 
@@ -1012,10 +1006,7 @@ def _transpose(n: _Node) -> _Parsed:
     if sorted(perm) != [0, 1, 2, 3]:
         raise n.fail(f"perm {perm} is not a permutation of the four axes", at)
     node = Transpose(*_where(n), inp, out, in_shape, perm)  # type: ignore[arg-type]
-    if inp.dtype != out.dtype:
-        raise n.fail(f"input is {inp.dtype} but output is {out.dtype}")
-    n.reads(inp, element_count(in_shape) * inp.itemsize, "input")
-    n.writes(out, element_count(in_shape) * out.itemsize, "output", node.out_shape)
+    n.same_type_io(inp, out, in_shape, node.out_shape)
     return node, _summary(n, in_shape, node.out_shape)
 
 
@@ -1033,10 +1024,7 @@ def _strided_slice(n: _Node) -> _Parsed:
         if steps and not (min(steps[0], steps[-1]) >= 0 and max(steps[0], steps[-1]) < dim):
             raise n.fail(f"axis {axis} walks {steps.start}..{steps.stop} by {steps.step}, "
                          f"outside 0..{dim - 1}", at)
-    if inp.dtype != out.dtype:
-        raise n.fail(f"input is {inp.dtype} but output is {out.dtype}")
-    n.reads(inp, element_count(in_shape) * inp.itemsize, "input")
-    n.writes(out, element_count(node.out_shape) * out.itemsize, "output", node.out_shape)
+    n.same_type_io(inp, out, in_shape, node.out_shape)
     return node, _summary(n, in_shape, node.out_shape)
 
 
@@ -1044,10 +1032,7 @@ def _unary(n: _Node) -> _Parsed:
     inp, out = n.range("input"), n.range("output")
     at = n.pos
     raw = n.i32("unary_op")
-    try:
-        op = UnaryOp(raw)
-    except ValueError:
-        raise n.fail(f"unary_op {raw} is not a unary operation of the runtime", at) from None
+    op = n.choice(UnaryOp, raw, at, f"unary_op {raw} is not a unary operation of the runtime")
     n.typed(inp, "float32", "input")
     n.typed(out, "float32", "output")
     shape = n.model.shape_of(inp, inp.count)
@@ -1119,12 +1104,7 @@ def _cpu_conv2d(n: _Node) -> _Parsed:
     oh, ow = window.out_size(in_shape[1], in_shape[2])
     out_shape = (in_shape[0], oh, ow, oc)
     taps = window.filter_h * window.filter_w * (1 if depthwise else in_shape[3])
-    dtype: DType = "uint8" if quantized else "float32"
-    size = 1 if quantized else 4
-    n.typed(inp, dtype, "input")
-    n.typed(out, dtype, "output")
-    n.reads(inp, element_count(in_shape) * size, "input")
-    n.writes(out, element_count(out_shape) * size, "output", out_shape)
+    n.typed_io(inp, out, "uint8" if quantized else "float32", in_shape, out_shape)
     node: V4Node
     if quantized:
         in_off, w_off, mul, shift, out_off = _requant_params(n)
