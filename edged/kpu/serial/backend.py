@@ -267,7 +267,7 @@ class SerialKpu:
             await self._connect()
             info = self.hello
             measure = self._measure = await self._linked().measure(
-                min(ECHO_BYTES, info.max_frame - OVERHEAD - 4), self.timeout)
+                min(ECHO_BYTES, info.max_body - 4), self.timeout)
         except BaseException:
             if self._link is not None:
                 await self._link.close()
@@ -280,15 +280,14 @@ class SerialKpu:
         self._pump = asyncio.create_task(self._event_pump(), name=f"kpu-serial-{self.port}")
 
     async def _connect(self) -> None:
-        link = self._link = SerialLink(self.port, self.baud)
-        await link.open()
+        await self._connect_link_only()
         info = await self._await_board(self.connect_timeout)
         self._check_version(info)
         self._hello = info
-        await self._call(MsgType.STREAM, StreamRequest(0, 0).encode())
+        await self._stop_board_stream()
         stale = (await self._meminfo()).handles
         for board_handle, _ in stale:
-            await self._call(MsgType.DEINIT, bytes([board_handle]))
+            await self._deinit_on_board(board_handle)
         if stale:
             log.warning("board_models_dropped", port=self.port, count=len(stale),
                         reason="loaded by an earlier host session")
@@ -352,7 +351,7 @@ class SerialKpu:
 
             async def once(attempt: int) -> None:
                 try:
-                    await self._call(MsgType.DEINIT, bytes([self._get(handle).board]))
+                    await self._deinit_on_board(self._get(handle).board)
                 except Refused as exc:
                     if not (attempt and exc.reply.code == HandleError.code):
                         raise self._refusal(exc, f"deinit of {handle.name!r}") from None
@@ -400,9 +399,9 @@ class SerialKpu:
                         await task
             if self._link is not None and self._link.is_open:
                 with contextlib.suppress(KpuError, Refused):  # a silent board: one timeout
-                    await self._call(MsgType.STREAM, StreamRequest(0, 0).encode())
+                    await self._stop_board_stream()
                     for active in self._active.values():
-                        await self._call(MsgType.DEINIT, bytes([active.board]))
+                        await self._deinit_on_board(active.board)
                 await self._link.close()
             self._closed = True
             self._active.clear()
@@ -426,8 +425,7 @@ class SerialKpu:
     async def stop_stream(self) -> None:
         async with self._lock:
             self._stream = None
-            await self._recovering_op(
-                lambda _: self._call(MsgType.STREAM, StreamRequest(0, 0).encode()))
+            await self._recovering_op(lambda _: self._stop_board_stream())
 
     async def reset(self) -> None:
         """Restart the board (RESET), wait for it, and load the active models again."""
@@ -475,6 +473,12 @@ class SerialKpu:
             stream_frames=self._stream_frames, detections=self._detections)
 
     # -- operations on the board -------------------------------------------------------------
+
+    async def _stop_board_stream(self) -> None:
+        await self._call(MsgType.STREAM, StreamRequest(0, 0).encode())
+
+    async def _deinit_on_board(self, board_handle: int) -> None:
+        await self._call(MsgType.DEINIT, bytes([board_handle]))
 
     async def _call(self, mtype: MsgType, body: bytes = b"", *,
                     within: float | None = None) -> bytes:
@@ -533,7 +537,7 @@ class SerialKpu:
         known = {a.board for a in self._active.values()}
         for board_handle, _ in (await self._meminfo()).handles:
             if board_handle not in known:
-                await self._call(MsgType.DEINIT, bytes([board_handle]))
+                await self._deinit_on_board(board_handle)
 
     async def _reopen(self) -> None:
         self._reconnects += 1
@@ -649,7 +653,7 @@ class SerialKpu:
             if started.present:
                 return started.path
             info = self.hello
-            chunk = min(self.chunk_size, info.max_frame - OVERHEAD - 4)
+            chunk = min(self.chunk_size, info.max_body - 4)
             window = max(1, min(self.window, info.rx_buffer // (chunk + OVERHEAD + 4)))
             flying: list[asyncio.Task[bytes]] = []
             try:
@@ -673,7 +677,7 @@ class SerialKpu:
 
     async def _run_on_board(self, handle: ModelHandle, data: bytes) -> RunReply:
         active = self._get(handle)
-        staged = len(data) + 2 > self.hello.max_frame - OVERHEAD
+        staged = len(data) + 2 > self.hello.max_body
         if staged:
             await self._upload(Target.INPUT, data, "")
         body = bytes([active.board, staged]) + (b"" if staged else data)

@@ -337,6 +337,11 @@ class HelloInfo:
     def camera(self) -> bool:
         return bool(self.flags & FLAG_CAMERA)
 
+    @property
+    def max_body(self) -> int:
+        """The largest request body a frame the board accepts can carry."""
+        return self.max_frame - OVERHEAD
+
     def encode(self) -> bytes:
         return struct.pack("<BIIIIIIB", self.protocol, self.boot_id, self.uptime_ms,
                            self.heap_free, self.gc_free, self.rx_buffer, self.max_frame,
