@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 from pathlib import Path
@@ -40,17 +41,9 @@ def parse_kmodel(data: bytes) -> KModel:
     """Parse and validate a kmodel held in memory."""
     version = kmodel_version(data)
     parsed = parse_v3(data) if version == 3 else parse_v4(data)
-    return KModel(
-        version=version,
-        data=bytes(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        main_mem=parsed.main_mem,
-        inputs=parsed.inputs,
-        outputs=parsed.outputs,
-        program=parsed.program,
-        summaries=parsed.summaries,
-        kpu_ram_bytes=parsed.kpu_ram_bytes,
-    )
+    found = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(parsed)}
+    return KModel(**found, version=version, data=bytes(data),
+                  sha256=hashlib.sha256(data).hexdigest())
 
 
 def load_kmodel(path: str | Path) -> KModel:

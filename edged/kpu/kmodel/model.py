@@ -74,22 +74,16 @@ class Parsed:
     outputs: tuple[TensorSpec, ...]
     summaries: tuple[LayerSummary, ...]
     kpu_ram_bytes: int
+    """The highest KPU RAM byte any layer touches; must fit the chip's 2 MiB."""
 
 
 @dataclass(frozen=True, eq=False)
-class KModel:
+class KModel(Parsed):
     """A validated kmodel: the bytes, what it needs and the layers to execute."""
 
     version: int
     data: bytes
     sha256: str
-    main_mem: int
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    program: Program
-    summaries: tuple[LayerSummary, ...]
-    kpu_ram_bytes: int
-    """The highest KPU RAM byte any layer touches; must fit the chip's 2 MiB."""
 
     @property
     def size(self) -> int:
