@@ -140,6 +140,12 @@ class MemoryReport:
     free: int
     models: tuple[ModelMemory, ...]
 
+    @classmethod
+    def of(cls, profile: str, total: int, models: tuple[ModelMemory, ...]) -> MemoryReport:
+        """The account of ``models`` against ``total`` bytes."""
+        used = sum(m.nbytes for m in models)
+        return cls(profile, total, used, total - used, models)
+
 
 @dataclass(frozen=True)
 class FitReport:
@@ -228,6 +234,4 @@ class SramAccount:
     def report(self) -> MemoryReport:
         with self._lock:
             models = tuple(self._live.values())
-        used = sum(m.nbytes for m in models)
-        total = self.profile.model_bytes
-        return MemoryReport(self.profile.name, total, used, total - used, models)
+        return MemoryReport.of(self.profile.name, self.profile.model_bytes, models)

@@ -188,7 +188,7 @@ def _pool(y: Float32Array, pool: PoolType) -> Float32Array:
         return y[:, :, : oh * s : s, : ow * s : s]
     if pool is PoolType.RIGHT_TOP_2_S2:
         return y[:, :, : oh * s : s, 1 : ow * s : s]
-    mean = pool in (PoolType.MEAN_2_S2, PoolType.MEAN_4_S4, PoolType.MEAN_2_S1)
+    mean = pool.is_mean
     if s == 1:
         edge = ((0, 0), (0, 0), (0, 1), (0, 1))
         padded = (np.pad(y, edge, mode="edge") if mean
@@ -281,7 +281,7 @@ def mean_pool_offset(pool: PoolType) -> float:
     codes, ``(n - 1)/(2n)`` LSB low on average; lifting the activation's rounding by as
     much makes the pooled codes unbiased and their worst error ``0.5 + (n - 1)/(2n)``
     instead of ``0.5 + (n - 1)/n`` (nncase does not compensate)."""
-    if pool not in (PoolType.MEAN_2_S2, PoolType.MEAN_4_S4, PoolType.MEAN_2_S1):
+    if not pool.is_mean:
         return 0.0
     n = pool.filter**2
     return (n - 1) / (2 * n)

@@ -46,6 +46,10 @@ class PoolType(IntEnum):
         return 1 if self is PoolType.BYPASS else 4 if self.name.endswith("4_S4") else 2
 
     @property
+    def is_mean(self) -> bool:
+        return self.name.startswith("MEAN")
+
+    @property
     def stride(self) -> int:
         if self in (PoolType.BYPASS, PoolType.MEAN_2_S1, PoolType.MAX_2_S1):
             return 1

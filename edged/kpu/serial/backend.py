@@ -381,8 +381,7 @@ class SerialKpu:
     def memory(self) -> MemoryReport:
         models = tuple(ModelMemory(a.handle.id, a.handle.name, a.handle.nbytes,
                                    ModelCost.of(a.model)) for a in self._active.values())
-        used = sum(m.nbytes for m in models)
-        return MemoryReport(self.profile.name, self._budget, used, self._budget - used, models)
+        return MemoryReport.of(self.profile.name, self._budget, models)
 
     def stats(self) -> KpuStats:
         """Runs and the seconds they held the KPU, transfers over the link included."""
