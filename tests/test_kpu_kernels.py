@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from edged.kpu.kmodel.kpu_regs import KpuConv, KpuLayerArgument, PoolType, RowLayout
 from edged.kpu.sim.executor import Rounding
+from edged.kpu.sim.int_gemm import MAX_TERMS, exact_matmul, gemm_weights
 from edged.kpu.sim.kpu_kernels import (
     LINEAR,
     PER_VALUE,
@@ -244,15 +245,34 @@ def test_conv_matches_reference(depthwise: bool, k: int, rounding: Rounding) -> 
         np.testing.assert_array_equal(got, ref_conv(conv, x, rounding == "half-even"))
 
 
-def test_long_sums_are_split_exactly() -> None:
-    """More than 1024 products per output: the float32 GEMM is chunked and stays exact."""
+@pytest.mark.parametrize("terms", [2304, MAX_TERMS + 1])
+def test_exact_matmul_is_exact(terms: int) -> None:
+    """Every sum exact, the extremes included: over a 3x3 window of 256 channels (int32
+    sums), and over more products than int32 holds (float64); 16-bit weights too."""
+    rng = np.random.default_rng(6)
+    b = rng.integers(0, 256, (terms, 40)).astype(np.uint8)
+    b[:, 0], b[:, 1] = 255, 0
+    for top in (256, 1 << 16):
+        a = rng.integers(0, top, (5, terms)).astype(np.uint8 if top == 256 else np.uint16)
+        a[0], a[1] = 0, top - 1
+        got = exact_matmul(gemm_weights(a), b)
+        np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_long_sums_and_16_bit_weights_are_exact(depthwise: bool) -> None:
+    """A 3x3 window over 130 channels, then the same layer with 16-bit weights (kmodels
+    may store them; their sums go beyond int8 kernels)."""
     rng = np.random.default_rng(5)
-    conv = random_conv(rng, depthwise=False, k=3, ic=130, oc=3, h=3, w=4)
+    conv = random_conv(rng, depthwise=depthwise, k=3, ic=130, oc=130 if depthwise else 3,
+                       h=3, w=4)
     x = rng.integers(0, 256, (130, 3, 4)).astype(np.uint8)
-    prepared = PreparedConv.from_conv(conv, "half-even")
-    assert prepared.w_gemm is not None
-    assert len(prepared.w_gemm) == 2
-    np.testing.assert_array_equal(prepared.run(x), ref_conv(conv, x, True))
+    np.testing.assert_array_equal(PreparedConv.from_conv(conv, "half-even").run(x),
+                                  ref_conv(conv, x, True))
+    wide = dataclasses.replace(
+        conv, weights=rng.integers(0, 1 << 16, conv.weights.shape).astype(np.uint16))
+    np.testing.assert_array_equal(PreparedConv.from_conv(wide, "half-even").run(x),
+                                  ref_conv(wide, x, True))
 
 
 @pytest.mark.parametrize("rounding", ROUNDINGS)

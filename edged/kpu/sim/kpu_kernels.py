@@ -9,12 +9,9 @@ Per output value the KPU computes, in 64-bit integers::
 
 with ``s`` the highest activation segment whose ``start < bn``, then pools the uint8 map.
 
-Speed comes from doing ``sum(x * w)`` as a float32 GEMM through BLAS and still getting the
-exact integer: with ``x' = x - 128`` and ``w' = w - 128`` every product is at most 2**14 in
-magnitude, so any partial sum of up to 1024 products is an integer below 2**24 and float32
-holds it exactly, whatever order BLAS adds in. Longer sums are split into such chunks and
-added in float64. ``sum(x*w) = sum(x'w') + 128 sum(x) + 128 sum(w) - 128**2 K`` restores the
-uint8 product; a row of ones under the weights makes the same GEMM give ``sum(x')``.
+Speed comes from doing ``sum(x * w)`` as an integer GEMM of uint8 by uint8 into int32
+(:mod:`edged.kpu.sim.int_gemm`): exact by construction. A row of ones under the weights
+makes the same GEMM give ``sum(x)``.
 
 3x3 windows are read as runs of the flattened padded planes (rows ``w + 2`` apart; the two
 padding columns of each output row are computed and dropped), so every loop is long and
@@ -35,13 +32,11 @@ import numpy.typing as npt
 
 from edged.kpu.kmodel.kpu_regs import KpuConv, PoolType, RowLayout
 from edged.kpu.sim.executor import Rounding
+from edged.kpu.sim.int_gemm import GemmWeights, exact_matmul, gemm_weights
 from edged.kpu.sim.lanes import Lanes, machine_lanes
 
 UInt8Array = npt.NDArray[np.uint8]
 Int64Array = npt.NDArray[np.int64]
-
-EXACT_TERMS = 1024
-"""Products per float32 partial sum that stay exact after centring (1024 * 2**14 = 2**24)."""
 
 PIECES = 4
 """Activation segments in reach that the kernels evaluate as such (a leaky ReLU needs 2 or
@@ -426,19 +421,17 @@ def _finish_plane(
 
 @numba.njit(nogil=True, cache=True)
 def _finish_conv(
-    acc: npt.NDArray[np.generic], taps: int, centre: int, arg_x: int, shift_x: int,
-    w_term: Int64Array, bn_mul: Int64Array, bn_shift: Int64Array, bn_add: Int64Array,
-    act: tuple[int, ...], lut: UInt8Array, mode: int, h: int, w: int, values: Int64Array,
-    out: UInt8Array,
+    acc: npt.NDArray[np.generic], arg_x: int, shift_x: int, w_term: Int64Array,
+    bn_mul: Int64Array, bn_shift: Int64Array, bn_add: Int64Array, act: tuple[int, ...],
+    lut: UInt8Array, mode: int, h: int, w: int, values: Int64Array, out: UInt8Array,
 ) -> None:  # pragma: no cover - jitted
     """The epilogue of a regular convolution whose GEMM output ``acc`` has one row per
-    output channel and, last, the row of ``sum(x - centre)`` per pixel."""
+    output channel and, last, the row of ``sum(x)`` per pixel."""
     oc = acc.shape[0] - 1
     n = acc.shape[1]
     x_term = np.empty(n, np.int64)
     for p in range(n):
-        sum_x = np.int64(acc[oc, p]) + centre * taps
-        x_term[p] = ((arg_x * sum_x) >> shift_x) + centre * sum_x
+        x_term[p] = (arg_x * np.int64(acc[oc, p])) >> shift_x
     index = np.empty(n, np.int32)
     flat = np.empty(n, np.uint8)
     plane = np.empty((h, w), np.uint8)
@@ -489,19 +482,16 @@ def _depthwise(
 
 
 @numba.njit(nogil=True, cache=True)
-def _columns(planes: UInt8Array, k: int, stride: int, base: int, centre: np.floating,
-             out: npt.NDArray[np.floating]) -> None:  # pragma: no cover - jitted
+def _columns(planes: UInt8Array, k: int, stride: int, base: int,
+             out: UInt8Array) -> None:  # pragma: no cover - jitted
     """im2col over padded planes: ``out[(c k + ky) k + kx, p] = planes[c, base + p + ky
-    stride + kx] - centre``, in the GEMM's float type (``centre``'s)."""
+    stride + kx]``."""
     n = out.shape[1]
     for ch in range(planes.shape[0]):
         for ky in range(k):
             for kx in range(k):
                 offset = base + ky * stride + kx
-                src = planes[ch, offset : offset + n]
-                dst = out[(ch * k + ky) * k + kx]
-                for p in range(n):
-                    dst[p] = src[p] - centre
+                out[(ch * k + ky) * k + kx] = planes[ch, offset : offset + n]
 
 
 def _padded_planes(x: UInt8Array, k: int, pad_value: int) -> UInt8Array:
@@ -538,17 +528,13 @@ class PreparedConv:
     act: tuple[int, ...]
     """How the kernels compute the activation: see :func:`_finish_plane`."""
     w_term: Int64Array
-    """Per output channel: the arg_w and arg_add terms (plus the centring correction)."""
-    w_gemm: list[npt.NDArray[np.floating]] | None
-    """Per chunk of in-channels: (oc + 1, taps) GEMM weights, minus 128 when centred, with a
-    last row of ones that sums the inputs (regular convs)."""
-    centre: int
-    """128 when inputs and weights are centred for an exact float32 GEMM, else 0 (float64)."""
-    chunk_channels: int
+    """Per output channel: the arg_w and arg_add terms."""
+    w_gemm: GemmWeights | None
+    """Regular convs: the (oc + 1, ic taps) GEMM weights, with a last row of ones that sums
+    the inputs."""
     w_int: npt.NDArray[np.int64] | None
     """Integer weights for depthwise layers."""
-    _row_cache: dict[tuple[int, int], list[npt.NDArray[np.floating]]] = field(
-        default_factory=dict, repr=False)
+    _row_cache: dict[tuple[int, int], GemmWeights] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_conv(cls, conv: KpuConv, rounding: Rounding) -> PreparedConv:
@@ -564,19 +550,10 @@ class PreparedConv:
         lut = activation.lookup_table(*reach) if linear is None and pieces is None else None
         act = _activation_params(activation, linear, pieces, lut)
         if arg.depthwise:
-            return cls(conv, activation, lut, act, w_term, None, 0, arg.in_channels,
-                       np.ascontiguousarray(w64))
-        taps = arg.filter_size**2
-        centred = conv.weights.dtype == np.uint8  # 16-bit weights: exact in float64
-        centre = 128 if centred else 0
-        chunk = max(1, EXACT_TERMS // taps) if centred else arg.in_channels
-        dtype = np.float32 if centred else np.float64
-        w_term = w_term + centre * sum_w - centre * centre * w64.shape[1]
-        wc = (w64 - centre).astype(dtype).reshape(arg.out_channels, arg.in_channels, taps)
-        w_gemm = [np.vstack([wc[:, i : i + chunk].reshape(arg.out_channels, -1),
-                             np.ones((1, taps * min(chunk, arg.in_channels - i)), dtype)])
-                  for i in range(0, arg.in_channels, chunk)]
-        return cls(conv, activation, lut, act, w_term, w_gemm, centre, chunk, None)
+            return cls(conv, activation, lut, act, w_term, None, np.ascontiguousarray(w64))
+        ones = np.ones((1, conv.weights.shape[1]), conv.weights.dtype)
+        w_gemm = gemm_weights(np.vstack([conv.weights, ones]))
+        return cls(conv, activation, lut, act, w_term, w_gemm, None)
 
     def run(self, x: UInt8Array, lanes: Lanes | None = None) -> UInt8Array:
         """Convolution, batch-norm, activation and pooling of one (ic, h, w) map, split
@@ -634,15 +611,15 @@ class PreparedConv:
             if values.shape[1]:
                 values[:, top:bottom] = tile_values
 
-    def _finish(self, columns: list[npt.NDArray[np.floating]], lo: int, hi: int, rows: int,
-                values: Int64Array, out: UInt8Array) -> None:
+    def _finish(self, columns: UInt8Array, lo: int, hi: int, rows: int, values: Int64Array,
+                out: UInt8Array) -> None:
         """Output channels ``lo:hi`` of ``rows`` rows from their columns: GEMM, then the
         epilogue."""
         arg, conv = self.conv.arg, self.conv
-        _finish_conv(self._products(columns, lo, hi), arg.in_channels * arg.filter_size**2,
-                     self.centre, arg.arg_x, arg.shift_x, self.w_term[lo:hi],
-                     conv.bn_mul[lo:hi], conv.bn_shift[lo:hi], conv.bn_add[lo:hi], self.act,
-                     self._table, int(arg.pool_type), rows, arg.in_width, values, out)
+        _finish_conv(exact_matmul(self._weight_rows(lo, hi), columns), arg.arg_x,
+                     arg.shift_x, self.w_term[lo:hi], conv.bn_mul[lo:hi], conv.bn_shift[lo:hi],
+                     conv.bn_add[lo:hi], self.act, self._table, int(arg.pool_type), rows,
+                     arg.in_width, values, out)
 
     def _tile_rows(self, h: int, w: int) -> int:
         """Rows per tile of a regular convolution: about TILE_PIXELS, a multiple of 4 (whole
@@ -653,45 +630,25 @@ class PreparedConv:
             return h
         return max(4, TILE_PIXELS // stride // 4 * 4)
 
-    def _columns(self, planes: UInt8Array, top: int,
-                 bottom: int) -> list[npt.NDArray[np.floating]]:
-        """Each chunk's im2col of output rows ``top:bottom``, centred, in its GEMM's float
-        type."""
-        assert self.w_gemm is not None
+    def _columns(self, planes: UInt8Array, top: int, bottom: int) -> UInt8Array:
+        """The im2col of output rows ``top:bottom``: a 1x1 convolution's are its planes."""
         arg = self.conv.arg
         k = arg.filter_size
         stride = arg.in_width + k - 1
-        columns = []
-        for i, weights in enumerate(self.w_gemm):
-            chunk = planes[i * self.chunk_channels : (i + 1) * self.chunk_channels]
-            cols = np.empty((weights.shape[1], (bottom - top) * stride), weights.dtype)
-            _columns(chunk, k, stride, top * stride, weights.dtype.type(self.centre), cols)
-            columns.append(cols)
-        return columns
+        if k == 1:
+            return planes[:, top * stride : bottom * stride]
+        cols = np.empty((planes.shape[0] * k * k, (bottom - top) * stride), np.uint8)
+        _columns(planes, k, stride, top * stride, cols)
+        return cols
 
-    def _products(self, columns: list[npt.NDArray[np.floating]], lo: int,
-                  hi: int) -> npt.NDArray[np.floating]:
-        """The GEMM of output channels ``lo:hi``: ``sum(x * w)`` per output value (centred)
-        and, in the last row, ``sum(x)`` (centred) per pixel. One chunk's partial sums are
-        exact in float32; chunks add up in float64."""
-        acc: npt.NDArray[np.floating] | None = None
-        for weights, cols in zip(self._weight_rows(lo, hi), columns, strict=True):
-            part = weights @ cols
-            acc = part if acc is None else acc + part.astype(np.float64)
-        assert acc is not None
-        return acc
-
-    def _weight_rows(self, lo: int, hi: int) -> list[npt.NDArray[np.floating]]:
-        """Each chunk's weight rows ``lo:hi`` and the row of ones, kept per range."""
+    def _weight_rows(self, lo: int, hi: int) -> GemmWeights:
+        """The weight rows ``lo:hi`` and the row of ones, kept per range."""
         assert self.w_gemm is not None
         if (lo, hi) == (0, self.conv.arg.out_channels):
             return self.w_gemm
-        rows = self._row_cache.get((lo, hi))
-        if rows is None:
-            pick = [*range(lo, hi), self.conv.arg.out_channels]
-            rows = [np.ascontiguousarray(weights[pick]) for weights in self.w_gemm]
-            self._row_cache[(lo, hi)] = rows
-        return rows
+        if (lo, hi) not in self._row_cache:  # picking rows copies them, contiguous
+            self._row_cache[(lo, hi)] = self.w_gemm[[*range(lo, hi), -1]]
+        return self._row_cache[(lo, hi)]
 
 
 def _reachable(conv: KpuConv, w_term: Int64Array, sum_w: Int64Array) -> tuple[int, int]:
