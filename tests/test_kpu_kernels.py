@@ -393,3 +393,22 @@ def test_a_relu_too_wide_for_a_table_is_computed_as_one_segment(rounding: Roundi
     leaky = dataclasses.replace(table, act_mul=np.array([0, 64, *[0] * 14], np.int64) + (
         np.arange(16) == 0) * 6)
     assert Activation.from_conv(leaky, rounding).linear_segment(*reach) is None
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_narrow_multiplies_only_where_every_factor_fits_int32(depthwise: bool) -> None:
+    """The same layer twice: as nncase writes it (every factor fits int32: 32-bit
+    multiplies) and with ``bn_mul`` and ``bn_shift`` scaled by 2**19 (the same batch-norm
+    values, but ``bn_mul`` beyond int32: 64-bit multiplies). Both match the reference."""
+    rng = np.random.default_rng(8)
+    conv = nncase_like_conv(rng, k=3, ic=4, oc=4, h=6, w=7, pool=PoolType.BYPASS, leaky="",
+                            depthwise=depthwise)
+    wide = dataclasses.replace(conv, bn_mul=conv.bn_mul << 19, bn_shift=conv.bn_shift + 19)
+    x = rng.integers(0, 256, (4, 6, 7)).astype(np.uint8)
+    expected = ref_conv(conv, x, True)
+    assert len(np.unique(expected)) > 2
+    np.testing.assert_array_equal(ref_conv(wide, x, True), expected)
+    for layer, narrow in ((conv, True), (wide, False)):
+        prepared = PreparedConv.from_conv(layer, "half-even")
+        assert prepared.act[3] == narrow
+        np.testing.assert_array_equal(prepared.run(x), expected)

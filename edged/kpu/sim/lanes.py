@@ -2,7 +2,7 @@
 
 The simulated KPU, like the chip, runs one frame at a time. To use more than one core for
 that frame, each large layer's channels or tiles are split into ranges that run at once on
-helper threads: the numba kernels and BLAS release the GIL. BLAS is then held to one
+helper threads: the numba kernels, onnxruntime and BLAS release the GIL. BLAS is then held to one
 thread per caller, for two reasons measured on a 2-core machine: two callers of a
 multi-threaded OpenBLAS oversubscribe the cores, and its idle workers spin at full load
 between calls, taking a core from everything else.
