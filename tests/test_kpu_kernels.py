@@ -252,9 +252,10 @@ def test_exact_matmul_is_exact(terms: int) -> None:
     rng = np.random.default_rng(6)
     b = rng.integers(0, 256, (terms, 40)).astype(np.uint8)
     b[:, 0], b[:, 1] = 255, 0
-    for top in (256, 1 << 16):
-        a = rng.integers(0, top, (5, terms)).astype(np.uint8 if top == 256 else np.uint16)
-        a[0], a[1] = 0, top - 1
+    for dtype in (np.uint8, np.uint16):
+        top = int(np.iinfo(dtype).max)
+        a = rng.integers(0, top + 1, (5, terms)).astype(dtype)
+        a[0], a[1] = 0, top
         got = exact_matmul(gemm_weights(a), b)
         np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
 
