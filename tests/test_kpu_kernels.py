@@ -254,7 +254,7 @@ def test_exact_matmul_is_exact(terms: int) -> None:
     b[:, 0], b[:, 1] = 255, 0
     for dtype in (np.uint8, np.uint16):
         top = int(np.iinfo(dtype).max)
-        a = rng.integers(0, top + 1, (5, terms)).astype(dtype)
+        a: npt.NDArray[np.integer] = rng.integers(0, top + 1, (5, terms)).astype(dtype)
         a[0], a[1] = 0, top
         got = exact_matmul(gemm_weights(a), b)
         np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
