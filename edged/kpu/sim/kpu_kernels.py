@@ -561,12 +561,13 @@ class PreparedConv:
         per_group = 1 if arg.depthwise else arg.in_channels
         w_term = ((arg.arg_w * sum_w) >> arg.shift_w) + arg.arg_add * per_group
         activation = Activation.from_conv(conv, rounding)
-        reach = _reachable(conv, w_term, sum_w)
+        conv_range = _conv_range(conv, w_term, sum_w)
+        reach = _reachable(conv, conv_range)
         linear = activation.linear_segment(*reach)
         pieces = None if linear is not None else activation.pieces(*reach)
         lut = activation.lookup_table(*reach) if linear is None and pieces is None else None
         chosen = [linear] if linear is not None else pieces or []
-        narrow = _narrow(conv, w_term, sum_w, reach, activation, chosen)
+        narrow = _narrow(conv, conv_range, reach, activation, chosen)
         act = _activation_params(activation, linear, pieces, lut, narrow)
         if arg.depthwise:
             return cls(conv, activation, lut, act, w_term, None, np.ascontiguousarray(w64))
@@ -684,20 +685,19 @@ def _conv_range(conv: KpuConv, w_term: Int64Array,
     return w_term + min(x_ends), w_term + 255 * sum_w + max(x_ends)
 
 
-def _reachable(conv: KpuConv, w_term: Int64Array, sum_w: Int64Array) -> tuple[int, int]:
-    """Bounds of the batch-norm values any uint8 input can produce in this layer
-    (batch-norm is monotone in the conv sum)."""
-    ends = [((t * conv.bn_mul) >> conv.bn_shift) + conv.bn_add
-            for t in _conv_range(conv, w_term, sum_w)]
+def _reachable(conv: KpuConv, conv_range: tuple[Int64Array, Int64Array]) -> tuple[int, int]:
+    """Bounds of the batch-norm values any uint8 input can produce in this layer, from the
+    per-channel :func:`_conv_range` (batch-norm is monotone in the conv sum)."""
+    ends = [((t * conv.bn_mul) >> conv.bn_shift) + conv.bn_add for t in conv_range]
     return int(np.minimum(*ends).min()), int(np.maximum(*ends).max())
 
 
-def _narrow(conv: KpuConv, w_term: Int64Array, sum_w: Int64Array, reach: tuple[int, int],
+def _narrow(conv: KpuConv, conv_range: tuple[Int64Array, Int64Array], reach: tuple[int, int],
             activation: Activation, chosen: list[int]) -> bool:
     """Whether every factor the kernels multiply fits int32 (see :func:`_mul`): ``arg_x``
     by ``sum(x)``, the conv sum by ``bn_mul``, and a batch-norm value less a chosen
     segment's start by its ``mul``."""
-    low, high = _conv_range(conv, w_term, sum_w)
+    low, high = conv_range
     factors = [conv.arg.arg_x, 255 * conv.weights.shape[1], low.min(), high.max(),
                conv.bn_mul.min(), conv.bn_mul.max()]
     for s in chosen:
