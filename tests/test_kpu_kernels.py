@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edged.kpu.kmodel.kpu_regs import KpuConv, KpuLayerArgument, PoolType, RowLayout
+from edged.kpu.sim import kpu_kernels
 from edged.kpu.sim.executor import Rounding
-from edged.kpu.sim.int_gemm import MAX_TERMS, exact_matmul, gemm_weights
+from edged.kpu.sim.int_gemm import MAX_TERMS, exact_matmul, gemm_weights, input_offset
 from edged.kpu.sim.kpu_kernels import (
     LINEAR,
     PER_VALUE,
@@ -245,19 +246,44 @@ def test_conv_matches_reference(depthwise: bool, k: int, rounding: Rounding) -> 
         np.testing.assert_array_equal(got, ref_conv(conv, x, rounding == "half-even"))
 
 
+@pytest.mark.parametrize("offset", sorted({0, input_offset()}))
 @pytest.mark.parametrize("terms", [2304, MAX_TERMS + 1])
-def test_exact_matmul_is_exact(terms: int) -> None:
+def test_exact_matmul_is_exact(terms: int, offset: int) -> None:
     """Every sum exact, the extremes included: over a 3x3 window of 256 channels (int32
-    sums), and over more products than int32 holds (float64); 16-bit weights too."""
+    sums), and over more products than int32 holds (float64); 16-bit weights too; maps as
+    they are and, where this CPU's kernel is exact for it, offset by 128."""
     rng = np.random.default_rng(6)
-    b = rng.integers(0, 256, (terms, 40)).astype(np.uint8)
-    b[:, 0], b[:, 1] = 255, 0
+    x = rng.integers(0, 256, (terms, 40)).astype(np.uint8)
+    x[:, 0], x[:, 1] = 255, 0
     for dtype in (np.uint8, np.uint16):
         top = int(np.iinfo(dtype).max)
         a: npt.NDArray[np.integer] = rng.integers(0, top + 1, (5, terms)).astype(dtype)
         a[0], a[1] = 0, top
-        got = exact_matmul(gemm_weights(a), b)
-        np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+        got = exact_matmul(gemm_weights(a), x ^ np.uint8(offset), offset)
+        np.testing.assert_array_equal(got, a.astype(np.int64) @ (x.astype(np.int64) - offset))
+
+
+def test_a_map_offset_other_than_0_or_128_is_refused() -> None:
+    with pytest.raises(ValueError, match="offset by 0 or 128, not 7"):
+        exact_matmul(gemm_weights(np.ones((1, 1), np.uint8)), np.ones((1, 1), np.uint8), 7)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_maps_into_the_gemm_as_they_are_give_the_same_bytes(
+        k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The uint8-by-uint8 GEMM, which CPUs without an exact uint8-by-int8 kernel take,
+    against the reference (the other tests run whichever this CPU takes)."""
+    monkeypatch.setattr(kpu_kernels, "input_offset", lambda: 0)
+    rng = np.random.default_rng(7 + k)
+    for trial in range(4):
+        conv = random_conv(rng, depthwise=False, k=k, ic=5, oc=6, h=int(rng.integers(1, 7)),
+                           w=int(rng.integers(1, 9)))
+        x = rng.integers(0, 256, (5, conv.arg.in_height, conv.arg.in_width)).astype(np.uint8)
+        if trial == 0:
+            x[:] = 255
+        prepared = PreparedConv.from_conv(conv, "half-even")
+        assert prepared.offset == 0
+        np.testing.assert_array_equal(prepared.run(x), ref_conv(conv, x, True))
 
 
 @pytest.mark.parametrize("depthwise", [False, True])

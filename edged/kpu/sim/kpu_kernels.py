@@ -9,9 +9,11 @@ Per output value the KPU computes, in 64-bit integers::
 
 with ``s`` the highest activation segment whose ``start < bn``, then pools the uint8 map.
 
-Speed comes from doing ``sum(x * w)`` as an integer GEMM of uint8 by uint8 into int32
-(:mod:`edged.kpu.sim.int_gemm`): exact by construction. A row of ones under the weights
-makes the same GEMM give ``sum(x)``.
+Speed comes from doing ``sum(x * w)`` as an integer GEMM into int32
+(:mod:`edged.kpu.sim.int_gemm`): exact by construction. Where the CPU's uint8-by-int8
+kernel is exact, the maps go in as ``x - 128`` (``x ^ 0x80``) and ``128 * sum(w)`` is added
+back with the other per-channel terms. A row of ones under the weights makes the same GEMM
+give ``sum(x)`` (less ``128 * taps``).
 
 3x3 windows are read as runs of the flattened padded planes (rows ``w + 2`` apart; the two
 padding columns of each output row are computed and dropped), so every loop is long and
@@ -32,7 +34,7 @@ import numpy.typing as npt
 
 from edged.kpu.kmodel.kpu_regs import KpuConv, PoolType, RowLayout
 from edged.kpu.sim.executor import Rounding
-from edged.kpu.sim.int_gemm import GemmWeights, exact_matmul, gemm_weights
+from edged.kpu.sim.int_gemm import GemmWeights, exact_matmul, gemm_weights, input_offset
 from edged.kpu.sim.lanes import Lanes, machine_lanes
 
 UInt8Array = npt.NDArray[np.uint8]
@@ -438,17 +440,18 @@ def _finish_plane(
 
 @numba.njit(nogil=True, cache=True)
 def _finish_conv(
-    acc: npt.NDArray[np.generic], arg_x: int, shift_x: int, w_term: Int64Array,
-    bn_mul: Int64Array, bn_shift: Int64Array, bn_add: Int64Array, act: tuple[int, ...],
-    lut: UInt8Array, mode: int, h: int, w: int, values: Int64Array, out: UInt8Array,
+    acc: npt.NDArray[np.generic], sum_offset: int, arg_x: int, shift_x: int,
+    w_term: Int64Array, bn_mul: Int64Array, bn_shift: Int64Array, bn_add: Int64Array,
+    act: tuple[int, ...], lut: UInt8Array, mode: int, h: int, w: int, values: Int64Array,
+    out: UInt8Array,
 ) -> None:  # pragma: no cover - jitted
     """The epilogue of a regular convolution whose GEMM output ``acc`` has one row per
-    output channel and, last, the row of ``sum(x)`` per pixel."""
+    output channel and, last, the row of ``sum(x) - sum_offset`` per pixel."""
     oc = acc.shape[0] - 1
     n = acc.shape[1]
     x_term = np.empty(n, np.int64)
     for p in range(n):
-        x_term[p] = _mul(arg_x, np.int64(acc[oc, p]), act[3] != 0) >> shift_x
+        x_term[p] = _mul(arg_x, np.int64(acc[oc, p]) + sum_offset, act[3] != 0) >> shift_x
     index = np.empty(n, np.int32)
     flat = np.empty(n, np.uint8)
     plane = np.empty((h, w), np.uint8)
@@ -499,16 +502,19 @@ def _depthwise(
 
 
 @numba.njit(nogil=True, cache=True)
-def _columns(planes: UInt8Array, k: int, stride: int, base: int,
+def _columns(planes: UInt8Array, k: int, stride: int, base: int, flip: int,
              out: UInt8Array) -> None:  # pragma: no cover - jitted
     """im2col over padded planes: ``out[(c k + ky) k + kx, p] = planes[c, base + p + ky
-    stride + kx]``."""
+    stride + kx] ^ flip``."""
     n = out.shape[1]
+    bits = np.uint8(flip)
     for ch in range(planes.shape[0]):
         for ky in range(k):
             for kx in range(k):
                 offset = base + ky * stride + kx
-                out[(ch * k + ky) * k + kx] = planes[ch, offset : offset + n]
+                row, src = out[(ch * k + ky) * k + kx], planes[ch, offset : offset + n]
+                for p in range(n):
+                    row[p] = src[p] ^ bits
 
 
 def _padded_planes(x: UInt8Array, k: int, pad_value: int) -> UInt8Array:
@@ -545,7 +551,10 @@ class PreparedConv:
     act: tuple[int, ...]
     """How the kernels compute the activation: see :func:`_finish_plane`."""
     w_term: Int64Array
-    """Per output channel: the arg_w and arg_add terms."""
+    """Per output channel: the arg_w and arg_add terms and, for a regular conv whose maps
+    go into the GEMM offset, the ``offset * sum(w)`` that adds back."""
+    offset: int
+    """What the maps are offset by on their way into the GEMM (see :func:`input_offset`)."""
     w_gemm: GemmWeights | None
     """Regular convs: the (oc + 1, ic taps) GEMM weights, with a last row of ones that sums
     the inputs."""
@@ -570,10 +579,11 @@ class PreparedConv:
         narrow = _narrow(conv, conv_range, reach, activation, chosen)
         act = _activation_params(activation, linear, pieces, lut, narrow)
         if arg.depthwise:
-            return cls(conv, activation, lut, act, w_term, None, np.ascontiguousarray(w64))
+            return cls(conv, activation, lut, act, w_term, 0, None, np.ascontiguousarray(w64))
         ones = np.ones((1, conv.weights.shape[1]), conv.weights.dtype)
         w_gemm = gemm_weights(np.vstack([conv.weights, ones]))
-        return cls(conv, activation, lut, act, w_term, w_gemm, None)
+        offset = input_offset()
+        return cls(conv, activation, lut, act, w_term + offset * sum_w, offset, w_gemm, None)
 
     def run(self, x: UInt8Array, lanes: Lanes | None = None) -> UInt8Array:
         """Convolution, batch-norm, activation and pooling of one (ic, h, w) map, split
@@ -636,8 +646,9 @@ class PreparedConv:
         """Output channels ``lo:hi`` of ``rows`` rows from their columns: GEMM, then the
         epilogue."""
         arg, conv = self.conv.arg, self.conv
-        _finish_conv(exact_matmul(self._weight_rows(lo, hi), columns), arg.arg_x,
-                     arg.shift_x, self.w_term[lo:hi], conv.bn_mul[lo:hi], conv.bn_shift[lo:hi],
+        _finish_conv(exact_matmul(self._weight_rows(lo, hi), columns, self.offset),
+                     self.offset * conv.weights.shape[1], arg.arg_x, arg.shift_x,
+                     self.w_term[lo:hi], conv.bn_mul[lo:hi], conv.bn_shift[lo:hi],
                      conv.bn_add[lo:hi], self.act, self._table, int(arg.pool_type), rows,
                      arg.in_width, values, out)
 
@@ -651,14 +662,15 @@ class PreparedConv:
         return max(4, TILE_PIXELS // stride // 4 * 4)
 
     def _columns(self, planes: UInt8Array, top: int, bottom: int) -> UInt8Array:
-        """The im2col of output rows ``top:bottom``: a 1x1 convolution's are its planes."""
+        """The im2col of output rows ``top:bottom``, offset for the GEMM: a 1x1
+        convolution's are its planes."""
         arg = self.conv.arg
         k = arg.filter_size
         stride = arg.in_width + k - 1
-        if k == 1:
+        if k == 1 and not self.offset:
             return planes[:, top * stride : bottom * stride]
         cols = np.empty((planes.shape[0] * k * k, (bottom - top) * stride), np.uint8)
-        _columns(planes, k, stride, top * stride, cols)
+        _columns(planes, k, stride, top * stride, self.offset, cols)
         return cols
 
     def _weight_rows(self, lo: int, hi: int) -> GemmWeights:
