@@ -302,6 +302,32 @@ def test_long_sums_and_16_bit_weights_are_exact(depthwise: bool) -> None:
                                   ref_conv(wide, x, True))
 
 
+@pytest.mark.parametrize(("k", "fold", "shift_x", "wide", "folds"), [
+    (3, -177, 15, False, True),  # the MaixPy face model's arg_x, -177 * 2**15
+    (1, -177, 15, False, True),
+    (3, -156, 0, False, True),  # Ultra-Light-Fast's (nncase 0.2 writes shift_x 0)
+    (3, 300, 4, True, True),  # 16-bit weights, a positive fold
+    (1, 300, 4, True, True),
+    (1, -(1 << 22), 0, True, True),  # one tap of 255 * 2**22 fits int32
+    (3, -(1 << 22), 0, True, False),  # nine do not: the sum of inputs is kept
+])
+def test_depthwise_layers_fold_arg_x_into_their_weights(
+        k: int, fold: int, shift_x: int, wide: bool, folds: bool) -> None:
+    """With ``arg_x`` a multiple of ``2**shift_x`` its term is ``sum(x * fold)``: the same
+    bytes as the reference, with no sum of inputs, wherever the sums stay in int32."""
+    rng = np.random.default_rng(abs(fold) + k)
+    conv = random_conv(rng, depthwise=True, k=k, ic=6, oc=6, h=5, w=7)
+    conv = dataclasses.replace(conv, arg=dataclasses.replace(
+        conv.arg, arg_x=fold << shift_x, shift_x=shift_x))
+    if wide:
+        conv = dataclasses.replace(
+            conv, weights=rng.integers(0, 1 << 16, conv.weights.shape).astype(np.uint16))
+    prepared = PreparedConv.from_conv(conv, "half-even")
+    assert prepared.x_fold == (fold if folds else None)
+    for x in (rng.integers(0, 256, (6, 5, 7)).astype(np.uint8), np.full((6, 5, 7), 255, np.uint8)):
+        np.testing.assert_array_equal(prepared.run(x), ref_conv(conv, x, True))
+
+
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 @pytest.mark.parametrize("depthwise", [False, True])
 @pytest.mark.parametrize("pool", list(PoolType))

@@ -462,8 +462,8 @@ def _finish_conv(
 
 @numba.njit(nogil=True, cache=True)
 def _depthwise(
-    planes: UInt8Array, weights: npt.NDArray[np.int64], k: int, arg_x: int, shift_x: int,
-    w_term: Int64Array, bn_mul: Int64Array, bn_shift: Int64Array, bn_add: Int64Array,
+    planes: UInt8Array, weights: npt.NDArray[np.int64], k: int, folded: bool, arg_x: int,
+    shift_x: int, w_term: Int64Array, bn_mul: Int64Array, bn_shift: Int64Array, bn_add: Int64Array,
     act: tuple[int, ...], lut: UInt8Array, mode: int, h: int, w: int, values: Int64Array,
     out: UInt8Array,
 ) -> None:  # pragma: no cover - jitted
@@ -472,14 +472,16 @@ def _depthwise(
 
     Each tap adds a shifted run of the flattened padded plane to the whole output plane at
     once (rows ``w + 2`` apart, two columns of each discarded): long loops that vectorise.
-    A 3x3 window of 16-bit weights sums below 2**31, so the sums are int32.
+    The sums are int32: :meth:`PreparedConv.from_conv` keeps them below 2**31. ``folded``
+    says the weights hold the arg_x term (:func:`_x_fold`): then no sum of inputs is kept
+    and the epilogue adds zeros (cheaper than a second version of its loops).
     """
     c = planes.shape[0]
     stride = w + k - 1
     n = h * stride
     acc = np.empty(n, np.int32)
     sums = np.empty(n, np.int32)
-    x_term = np.empty(n, np.int64)
+    x_term = np.zeros(n, np.int64)
     index = np.empty(n, np.int32)
     flat = np.empty(n, np.uint8)
     plane = np.empty((h, w), np.uint8)
@@ -491,12 +493,17 @@ def _depthwise(
                 offset = ky * stride + kx
                 src = planes[ch, offset : offset + n]
                 wk = np.int32(weights[ch, ky * k + kx])
+                if folded:
+                    for p in range(n):
+                        acc[p] += np.int32(src[p]) * wk
+                    continue
                 for p in range(n):
                     value = np.int32(src[p])
                     acc[p] += value * wk
                     sums[p] += value
-        for p in range(n):
-            x_term[p] = _mul(arg_x, np.int64(sums[p]), act[3] != 0) >> shift_x
+        if not folded:
+            for p in range(n):
+                x_term[p] = _mul(arg_x, np.int64(sums[p]), act[3] != 0) >> shift_x
         _finish_plane(acc, x_term, w_term[ch], bn_mul[ch], bn_shift[ch], bn_add[ch], act, lut,
                       mode, h, w, index, flat, plane, values[ch], out[ch])
 
@@ -559,7 +566,9 @@ class PreparedConv:
     """Regular convs: the (oc + 1, ic taps) GEMM weights, with a last row of ones that sums
     the inputs."""
     w_int: npt.NDArray[np.int64] | None
-    """Integer weights for depthwise layers."""
+    """Integer weights for depthwise layers, holding the arg_x term where it folds in
+    (:func:`_x_fold`)."""
+    x_fold: int | None
     _row_cache: dict[tuple[int, int], GemmWeights] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -579,11 +588,14 @@ class PreparedConv:
         narrow = _narrow(conv, conv_range, reach, activation, chosen)
         act = _activation_params(activation, linear, pieces, lut, narrow)
         if arg.depthwise:
-            return cls(conv, activation, lut, act, w_term, 0, None, np.ascontiguousarray(w64))
+            fold = _x_fold(conv)
+            w_int = np.ascontiguousarray(w64 if fold is None else w64 + fold)
+            return cls(conv, activation, lut, act, w_term, 0, None, w_int, fold)
         ones = np.ones((1, conv.weights.shape[1]), conv.weights.dtype)
         w_gemm = gemm_weights(np.vstack([conv.weights, ones]))
         offset = input_offset()
-        return cls(conv, activation, lut, act, w_term + offset * sum_w, offset, w_gemm, None)
+        return cls(conv, activation, lut, act, w_term + offset * sum_w, offset, w_gemm, None,
+                   None)
 
     def run(self, x: UInt8Array, lanes: Lanes | None = None) -> UInt8Array:
         """Convolution, batch-norm, activation and pooling of one (ic, h, w) map, split
@@ -620,7 +632,8 @@ class PreparedConv:
         """Channels ``lo:hi`` of a depthwise layer."""
         assert self.w_int is not None
         arg, conv = self.conv.arg, self.conv
-        _depthwise(planes[lo:hi], self.w_int[lo:hi], arg.filter_size, arg.arg_x, arg.shift_x,
+        _depthwise(planes[lo:hi], self.w_int[lo:hi], arg.filter_size, self.x_fold is not None,
+                   arg.arg_x, arg.shift_x,
                    self.w_term[lo:hi], conv.bn_mul[lo:hi], conv.bn_shift[lo:hi],
                    conv.bn_add[lo:hi], self.act, self._table, int(arg.pool_type),
                    arg.in_height, arg.in_width, values[lo:hi], out[lo:hi])
@@ -681,6 +694,21 @@ class PreparedConv:
         if (lo, hi) not in self._row_cache:  # picking rows copies them, contiguous
             self._row_cache[(lo, hi)] = self.w_gemm[[*range(lo, hi), -1]]
         return self._row_cache[(lo, hi)]
+
+
+def _x_fold(conv: KpuConv) -> int | None:
+    """``arg_x >> shift_x`` where adding it to a depthwise layer's weights gives its arg_x
+    term exactly and keeps its sums in int32, else None.
+
+    The KPU adds ``arg_x * sum(x) >> shift_x``; with ``arg_x`` a multiple of ``2**shift_x``
+    (as nncase writes it: the weights' zero point) that is ``sum(x * fold)``, so the kernel
+    needs no sum of inputs: a third off the depthwise layers, measured.
+    """
+    arg = conv.arg
+    fold = arg.arg_x >> arg.shift_x
+    widest = int(np.abs(conv.weights.astype(np.int64) + fold).max())
+    exact = fold << arg.shift_x == arg.arg_x
+    return fold if exact and conv.weights.shape[1] * 255 * widest < 2**31 else None
 
 
 def _conv_range(conv: KpuConv, w_term: Int64Array,
