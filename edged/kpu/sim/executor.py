@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 from edged.kpu.errors import RunError
 from edged.kpu.kmodel.model import KModel, TensorSpec
+from edged.kpu.sim.lanes import Lanes, machine_lanes
 
 Rounding = Literal["half-even", "half-up"]
 """How the activation's ``((x - start) * mul) >> shift`` rounds exact halves.
@@ -53,13 +54,16 @@ def check_inputs(
     return checked
 
 
-def create_executor(model: KModel, *, rounding: Rounding = "half-even") -> Executor:
-    """An executor for ``model``, with its own working memory and KPU RAM."""
+def create_executor(model: KModel, *, rounding: Rounding = "half-even",
+                    lanes: Lanes | None = None) -> Executor:
+    """An executor for ``model``, with its own working memory and KPU RAM, splitting its
+    layers across ``lanes`` (default: one per core)."""
     from edged.kpu.kmodel.v3 import V3Program  # noqa: PLC0415 - versions import this module
     from edged.kpu.sim.v3_exec import V3Executor  # noqa: PLC0415
 
+    lanes = lanes or machine_lanes()
     if isinstance(model.program, V3Program):
-        return V3Executor(model, rounding)
+        return V3Executor(model, rounding, lanes)
     from edged.kpu.sim.v4_exec import V4Executor  # noqa: PLC0415
 
-    return V4Executor(model, rounding)
+    return V4Executor(model, rounding, lanes)

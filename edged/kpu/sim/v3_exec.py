@@ -24,6 +24,7 @@ from edged.kpu.kmodel.model import KModel, Layer
 from edged.kpu.sim.executor import LayerObserver, Rounding, check_inputs
 from edged.kpu.sim.handover import Access, conv_access, handed_over
 from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_carry_shift, kpu_download, kpu_upload
+from edged.kpu.sim.lanes import Lanes
 
 F32 = np.float32
 FLT_MIN = F32(1.17549435e-38)
@@ -96,9 +97,10 @@ def _window_origins(out_size: int, stride: int, padding: int, kernel: int,
 class V3Executor:
     """One loaded v3 model: its memories and its layers, ready to run."""
 
-    def __init__(self, model: KModel, rounding: Rounding) -> None:
+    def __init__(self, model: KModel, rounding: Rounding, lanes: Lanes) -> None:
         assert isinstance(model.program, v3.V3Program)
         self.model = model
+        self._lanes = lanes
         self._program = model.program
         self._main = np.zeros(model.main_mem, np.uint8)
         self._kpu = np.zeros(KPU_RAM_BYTES, np.uint8)
@@ -170,7 +172,7 @@ class V3Executor:
         if x is None:
             x = kpu_download(self._kpu, arg.src_addr * 64, arg.in_channels, arg.in_height,
                              arg.in_width)
-        y = self._convs[layer.index].run(x)
+        y = self._convs[layer.index].run(x, self._lanes)
         self._handoff = y if layer.index in self._handed_over else None
         if self._handoff is None:
             kpu_upload(self._kpu, arg.dst_addr * 64, y)

@@ -33,6 +33,7 @@ from edged.kpu.sim import cpu_ops, neutral_ops
 from edged.kpu.sim.executor import LayerObserver, Rounding, check_inputs
 from edged.kpu.sim.handover import Access, Region, conv_access, handed_over
 from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_download, kpu_upload
+from edged.kpu.sim.lanes import Lanes
 from edged.kpu.sim.neutral_ops import F32, KernelFault, clamp, requantize
 
 Array = npt.NDArray[Any]
@@ -56,7 +57,8 @@ def _bits(dtype: str) -> type[np.unsignedinteger[Any]]:
 class V4Executor:
     """One loaded v4 model: its memories and its nodes, ready to run."""
 
-    def __init__(self, model: KModel, rounding: Rounding) -> None:
+    def __init__(self, model: KModel, rounding: Rounding, lanes: Lanes) -> None:
+        self._lanes = lanes
         assert isinstance(model.program, v4.V4Program)
         self.model = model
         p = model.program
@@ -312,7 +314,7 @@ class V4Executor:
                                 arg.in_channels, arg.in_height, arg.in_width)
                    for b in range(n.batches)]
         prepared = self._convs[n.index]
-        out = np.stack([prepared.run(x) for x in ins])
+        out = np.stack([prepared.run(x, self._lanes) for x in ins])
         self._handoff = out[0] if n.index in self._handed_over else None
         for b in range(n.batches if self._handoff is None else 0):
             kpu_upload(self._kpu, (arg.dst_addr + b * arg.out_rows) * 64, out[b])
