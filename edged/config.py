@@ -58,6 +58,15 @@ class KpuSettings(Strict):
         default="half-even",
         description="activation rounding on exact ties: nncase 0.2 (half-even) or 0.1",
     )
+    process: bool = Field(
+        default=True,
+        description="sim: compute in a process of its own, out of reach of the daemon's "
+        "interpreter lock (false: on a thread of the daemon)")
+    lanes: int = Field(
+        default=1, ge=0,
+        description="sim: threads each layer is split across; 1 leaves the other cores to "
+        "cameras, decoding and MQTT (best with 4 cameras on 2 cores, measured); "
+        "0: one per core")
 
     serial: SerialSettings | None = Field(
         default=None, description='the board and its link, for backend = "serial"')

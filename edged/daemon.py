@@ -135,7 +135,8 @@ class Daemon:
                 self.backend = self.board
             else:
                 self.backend = await stack.enter_async_context(
-                    SimulatedKpu(settings.kpu.profile, settings.kpu.rounding))
+                    SimulatedKpu(settings.kpu.profile, settings.kpu.rounding,
+                                 process=settings.kpu.process, lanes=settings.kpu.lanes))
             self.manager = ModelManager(
                 self.backend, registry, definitions, preload=settings.models.preload,
                 allow=settings.models.allow, min_swap_interval=settings.models.min_swap_interval)

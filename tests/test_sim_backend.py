@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -16,7 +18,9 @@ from edged.kpu.backend import KpuBackend
 from edged.kpu.errors import HandleError, KmodelError, MemoryOverflow, ModelsFull, RunError
 from edged.kpu.kmodel import KModel, load_kmodel
 from edged.kpu.sim.backend import SimulatedKpu
+from edged.kpu.sim.device import ProcessSide
 from edged.kpu.sim.executor import Executor, LayerObserver, Rounding, create_executor
+from edged.kpu.sim.lanes import Lanes
 from edged.kpu.sram import ModelCost
 from tests.conftest import golden_cases, kmodel_path
 
@@ -52,7 +56,8 @@ class Probe:
         self.hold_seconds = 0.0
         self._lock = threading.Lock()
 
-    def executor(self, model: KModel, *, rounding: Rounding = "half-even") -> Executor:
+    def executor(self, model: KModel, *, rounding: Rounding = "half-even",
+            lanes: Lanes | None = None) -> Executor:
         probe = self
 
         class Fake:
@@ -81,7 +86,7 @@ class Probe:
 @pytest.fixture
 def probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[Probe]:
     p = Probe()
-    monkeypatch.setattr(sim.backend, "create_executor", p.executor)
+    monkeypatch.setattr(sim.device, "create_executor", p.executor)
     yield p
     p.release.set()
 
@@ -95,11 +100,12 @@ def test_is_a_kpu_backend() -> None:
     assert isinstance(backend, SimulatedKpu)
 
 
-async def test_iris_golden_load_run_deinit(iris: KModel) -> None:
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+async def test_iris_golden_load_run_deinit(iris: KModel, process: bool) -> None:
     cases = golden_cases("iris_v3")
     if not cases:
         pytest.skip("golden outputs of iris_v3 are missing (../shared/fixtures/golden)")
-    async with SimulatedKpu() as kpu:
+    async with SimulatedKpu(process=process) as kpu:
         empty = kpu.memory()
         handle = await kpu.load(iris, "iris")
         assert (handle.name, handle.sha256) == ("iris", iris.sha256)
@@ -125,8 +131,9 @@ async def test_run_happens_off_the_event_loop(
 ) -> None:
     threads: set[int] = set()
 
-    def observed(model: KModel, *, rounding: Rounding = "half-even") -> Executor:
-        real = create_executor(model, rounding=rounding)
+    def observed(model: KModel, *, rounding: Rounding = "half-even",
+            lanes: Lanes | None = None) -> Executor:
+        real = create_executor(model, rounding=rounding, lanes=lanes)
 
         class Observed:
             def __init__(self) -> None:
@@ -146,7 +153,7 @@ async def test_run_happens_off_the_event_loop(
 
         return Observed()
 
-    monkeypatch.setattr(sim.backend, "create_executor", observed)
+    monkeypatch.setattr(sim.device, "create_executor", observed)
     async with SimulatedKpu() as kpu:
         handle = await kpu.load(iris, "iris")
         await kpu.run(handle, inputs_for(iris))
@@ -199,10 +206,11 @@ async def test_sixth_load_is_refused(iris: KModel, probe: Probe) -> None:
 async def test_executor_failure_releases_the_reservation(
     iris: KModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(model: KModel, *, rounding: Rounding = "half-even") -> Executor:
+    def broken(model: KModel, *, rounding: Rounding = "half-even",
+            lanes: Lanes | None = None) -> Executor:
         raise KmodelError("layer 3 cannot be executed")
 
-    monkeypatch.setattr(sim.backend, "create_executor", broken)
+    monkeypatch.setattr(sim.device, "create_executor", broken)
     async with SimulatedKpu() as kpu:
         before = kpu.memory()
         with pytest.raises(KmodelError, match="layer 3"):
@@ -267,12 +275,13 @@ async def test_a_cancelled_load_reserves_nothing(
 ) -> None:
     slow_start = threading.Event()
 
-    def slow(model: KModel, *, rounding: Rounding = "half-even") -> Executor:
+    def slow(model: KModel, *, rounding: Rounding = "half-even",
+            lanes: Lanes | None = None) -> Executor:
         slow_start.set()
         probe.release.wait(5)
-        return probe.executor(model, rounding=rounding)
+        return probe.executor(model, rounding=rounding, lanes=lanes)
 
-    monkeypatch.setattr(sim.backend, "create_executor", slow)
+    monkeypatch.setattr(sim.device, "create_executor", slow)
     probe.release.clear()
     async with SimulatedKpu() as kpu:
         load = asyncio.create_task(kpu.load(iris, "iris"))
@@ -295,3 +304,25 @@ async def test_close_frees_everything_and_refuses_more(iris: KModel, probe: Prob
         await kpu.load(iris, "iris")
     with pytest.raises(HandleError):
         await kpu.run(handle, inputs_for(iris))
+
+
+async def test_a_compute_process_that_dies_is_started_again_with_its_models(
+        iris: KModel, face: KModel) -> None:
+    """The run that finds the process gone fails with a RunError; the next runs work, on
+    the same handles, with the same outputs and the same SRAM account."""
+    async with SimulatedKpu(process=True) as kpu:
+        handles = [await kpu.load(iris, "iris"), await kpu.load(face, "face")]
+        inputs = [np.arange(4, dtype=np.float32)]
+        before = await kpu.run(handles[0], inputs)
+        memory = kpu.memory()
+        side = kpu._side
+        assert isinstance(side, ProcessSide)
+        os.kill(side.pid, signal.SIGKILL)
+        with pytest.raises(RunError, match=r"ended unexpectedly.*started again with 2 model"):
+            await kpu.run(handles[0], inputs)
+        assert kpu.memory() == memory
+        after = await kpu.run(handles[0], inputs)
+        np.testing.assert_array_equal(after[0], before[0])
+        assert len(await kpu.run(handles[1], inputs_for(face))) == len(face.outputs)
+        assert isinstance(kpu._side, ProcessSide)
+        assert kpu._side.pid != side.pid

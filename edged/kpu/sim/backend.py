@@ -1,21 +1,24 @@
-"""The KPU backend contract on the simulator: one worker thread plays the one KPU.
+"""The KPU backend contract on the simulator: one worker plays the one KPU.
 
-Numeric work (building an executor, running a frame) runs on a single-thread pool owned by
-the backend, never on the event loop, so the loop keeps serving cameras and MQTT while a
-frame runs. An asyncio lock orders loads, deinits and runs; the lock is held until the
-worker is idle again, even when the awaiting task is cancelled (a thread cannot be
-interrupted), so a deinit never frees a model that is still running.
+Numeric work (building an executor, running a frame) runs on the one worker of a compute
+side (:mod:`edged.kpu.sim.device`: a thread, or a process of its own), never on the event
+loop, so the loop keeps serving cameras and MQTT while a frame runs. Loads, runs and
+deinits go to the worker in the order they are called and it does them in that order, so
+a deinit frees a model only after the runs given before it, and the next run can wait at
+the worker while this one computes (no hand-over through the event loop between frames).
+A call waits for its work to finish even when cancelled (a thread cannot be interrupted).
+A compute process that dies is started again with the loaded models, and the calls that
+saw it die fail with a ``RunError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from functools import partial
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -23,9 +26,10 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.kpu.backend import KpuStats, ModelHandle
-from edged.kpu.errors import HandleError, KpuError, RunError
+from edged.kpu.errors import HandleError, RunError
 from edged.kpu.kmodel.model import KModel
-from edged.kpu.sim.executor import Executor, Rounding, check_inputs, create_executor
+from edged.kpu.sim.device import ComputeSide, ProcessSide, ThreadSide
+from edged.kpu.sim.executor import Rounding, check_inputs
 from edged.kpu.sram import MemoryReport, ModelCost, RuntimeProfile, SramAccount
 
 T = TypeVar("T")
@@ -35,19 +39,23 @@ Arrays = list[npt.NDArray[np.generic]]
 @dataclass(frozen=True, eq=False)
 class _Loaded:
     handle: ModelHandle
-    executor: Executor
+    model: KModel
 
 
 class SimulatedKpu:
-    """A simulated K210 KPU with an exact SRAM account under a runtime profile."""
+    """A simulated K210 KPU with an exact SRAM account under a runtime profile; computing
+    on a thread, or with ``process`` in a process of its own, each layer split across
+    ``lanes`` threads (None or 0: one per core)."""
 
     def __init__(
-        self, profile: str | RuntimeProfile = "c-sdk", rounding: Rounding = "half-even"
+        self, profile: str | RuntimeProfile = "c-sdk", rounding: Rounding = "half-even", *,
+        process: bool = False, lanes: int | None = None,
     ) -> None:
         self._account = SramAccount(profile)
         self._rounding: Rounding = rounding
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edged-kpu")
-        self._lock = asyncio.Lock()
+        self._process = process
+        self._lanes = lanes
+        self._side = self._new_side()
         self._loaded: dict[int, _Loaded] = {}
         self._runs = 0
         self._busy = 0.0
@@ -65,34 +73,45 @@ class SimulatedKpu:
         await self.close()
 
     async def load(self, model: KModel, name: str) -> ModelHandle:
-        async with self._lock:
-            self._check_open()
-            rid = self._account.reserve(model, name)
-            try:
-                executor = await self._on_worker(
-                    partial(create_executor, model, rounding=self._rounding)
-                )
-            except BaseException:
-                self._account.release(rid)
-                raise
-            handle = ModelHandle(rid, name, model.sha256, ModelCost.of(model).total)
-            self._loaded[rid] = _Loaded(handle, executor)
-            return handle
+        self._check_open()
+        rid = self._account.reserve(model, name)
+        side = self._side
+        loading = side.load(rid, model)
+        try:
+            await self._wait(side, loading)
+        except BaseException as exc:
+            if loading.done() and not loading.cancelled() and loading.exception() is None:
+                side.drop(rid)  # loaded after all (cancelled meanwhile): unload
+            self._account.release(rid)
+            if isinstance(exc, BrokenProcessPool):
+                raise self._died(exc) from exc
+            raise
+        handle = ModelHandle(rid, name, model.sha256, ModelCost.of(model).total)
+        self._loaded[rid] = _Loaded(handle, model)
+        return handle
 
     async def deinit(self, handle: ModelHandle) -> None:
-        async with self._lock:
-            self._get(handle)
-            del self._loaded[handle.id]
+        self._get(handle)
+        del self._loaded[handle.id]  # no run is given to the worker after this
+        side = self._side
+        try:
+            await self._wait(side, side.drop(handle.id))
+        except BrokenProcessPool:
+            pass  # the process took the model with it, and is started again without it
+        finally:
             self._account.release(handle.id)
 
     async def run(self, handle: ModelHandle, inputs: Sequence[npt.NDArray[np.generic]]) -> Arrays:
-        async with self._lock:
-            loaded = self._get(handle)
-            checked = check_inputs(loaded.executor.model.inputs, inputs)
-            outputs, seconds = await self._on_worker(partial(_timed_run, loaded, checked))
-            self._runs += 1
-            self._busy += seconds
-            return outputs
+        loaded = self._get(handle)
+        checked = check_inputs(loaded.model.inputs, inputs)
+        side = self._side
+        try:
+            outputs, seconds = await self._wait(side, side.run(handle.id, handle.name, checked))
+        except BrokenProcessPool as exc:
+            raise self._died(exc) from exc
+        self._runs += 1
+        self._busy += seconds
+        return outputs
 
     def memory(self) -> MemoryReport:
         return self._account.report()
@@ -101,14 +120,17 @@ class SimulatedKpu:
         return KpuStats(self._runs, self._busy)
 
     async def close(self) -> None:
-        async with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for rid in list(self._loaded):
-                del self._loaded[rid]
-                self._account.release(rid)
-            self._worker.shutdown(wait=True)  # idle: the lock is held
+        if self._closed:
+            return
+        self._closed = True
+        for rid in list(self._loaded):
+            del self._loaded[rid]
+            self._account.release(rid)
+        await asyncio.to_thread(self._side.shutdown)  # after the work given to it
+
+    def _new_side(self) -> ComputeSide:
+        side = ProcessSide if self._process else ThreadSide
+        return side(self._rounding, self._lanes)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -121,9 +143,10 @@ class SimulatedKpu:
             raise HandleError(f"model {handle.name!r} (handle {handle.id}) is not loaded")
         return loaded
 
-    async def _on_worker(self, fn: Callable[[], T]) -> T:
-        """``fn()`` on the KPU thread; waits for it to finish even when cancelled."""
-        future = asyncio.get_running_loop().run_in_executor(self._worker, fn)
+    async def _wait(self, side: ComputeSide, work: Future[T]) -> T:
+        """The result of ``work`` given to ``side``; waits for it to finish even when
+        cancelled. If the side's process died, starts another before re-raising."""
+        future = asyncio.wrap_future(work)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -131,15 +154,14 @@ class SimulatedKpu:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait({future})
             raise
+        except BrokenProcessPool:
+            if side is self._side and not self._closed:  # the first call to see it
+                self._side = self._new_side()
+                for rid, loaded in self._loaded.items():  # before any later work
+                    self._side.load(rid, loaded.model)
+                side.shutdown(wait=False)
+            raise
 
-
-def _timed_run(loaded: _Loaded, inputs: Arrays) -> tuple[Arrays, float]:
-    """One frame on the KPU thread; unexpected failures become ``RunError`` (2008)."""
-    start = time.perf_counter()
-    try:
-        outputs = loaded.executor.run(inputs)
-    except KpuError:
-        raise
-    except Exception as exc:
-        raise RunError(f"the simulator failed on model {loaded.handle.name!r}: {exc!r}") from exc
-    return outputs, time.perf_counter() - start
+    def _died(self, exc: BrokenProcessPool) -> RunError:
+        return RunError(f"the simulated KPU's process ended unexpectedly ({exc}); it was "
+                        f"started again with {len(self._loaded)} model(s)")

@@ -1,0 +1,155 @@
+"""Where the simulated KPU computes: a thread of this process, or a process of its own.
+
+The loaded models' executors (their working memory and KPU RAM) live on the side that
+computes, and one worker there runs everything in order, as the one KPU would. A thread
+shares the daemon's interpreter lock: a frame's ~200 hand-overs between Python and the
+numba and onnxruntime kernels each wait while a camera, the decoders or MQTT run Python,
+which slowed the face model from 7.7 to 9.4 ms a frame beside a thread holding the lock a
+fifth of the time, measured. A process of its own has its own lock; the frames cross as
+pickled arrays (about 0.2 MB each), and a crash of that process reaches the backend as
+``BrokenProcessPool``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edged.kpu.errors import KpuError, RunError
+from edged.kpu.kmodel import parse_kmodel
+from edged.kpu.kmodel.model import KModel
+from edged.kpu.sim.executor import Executor, Rounding, create_executor
+from edged.kpu.sim.lanes import Lanes, machine_lanes
+
+Arrays = list[npt.NDArray[np.generic]]
+
+
+class LoadedExecutors:
+    """The executors of the loaded models, by SRAM reservation id, on the side that
+    computes; touched only by its one worker."""
+
+    def __init__(self, rounding: Rounding, lanes: int | None) -> None:
+        self._rounding: Rounding = rounding
+        self._lanes = Lanes(lanes) if lanes else machine_lanes()
+        self._executors: dict[int, Executor] = {}
+
+    def load(self, rid: int, model: KModel | bytes) -> None:
+        """An executor for ``model`` (parsed here when it comes as the file's bytes)."""
+        parsed = parse_kmodel(model) if isinstance(model, bytes) else model
+        self._executors[rid] = create_executor(parsed, rounding=self._rounding,
+                                               lanes=self._lanes)
+
+    def run(self, rid: int, name: str, inputs: Sequence[npt.NDArray[np.generic]]
+            ) -> tuple[Arrays, float]:
+        """One frame and the seconds it took; unexpected failures become ``RunError``."""
+        start = time.perf_counter()
+        try:
+            outputs = self._executors[rid].run(inputs)  # a KeyError too: a reload failed
+        except KpuError:
+            raise
+        except Exception as exc:
+            raise RunError(f"the simulator failed on model {name!r}: {exc!r}") from exc
+        return outputs, time.perf_counter() - start
+
+    def drop(self, rid: int) -> None:
+        del self._executors[rid]
+
+
+class ComputeSide(Protocol):
+    """One worker that runs the loaded models' executors in order."""
+
+    def load(self, rid: int, model: KModel) -> Future[None]: ...
+
+    def run(self, rid: int, name: str,
+            inputs: Sequence[npt.NDArray[np.generic]]) -> Future[tuple[Arrays, float]]: ...
+
+    def drop(self, rid: int) -> Future[None]: ...
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the worker after what it was given (waiting for that with ``wait``); the
+        executors go with it."""
+        ...
+
+
+class ThreadSide:
+    """A thread of this process computes."""
+
+    def __init__(self, rounding: Rounding, lanes: int | None) -> None:
+        self._executors = LoadedExecutors(rounding, lanes)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edged-kpu")
+
+    def load(self, rid: int, model: KModel) -> Future[None]:
+        return self._worker.submit(self._executors.load, rid, model)
+
+    def run(self, rid: int, name: str,
+            inputs: Sequence[npt.NDArray[np.generic]]) -> Future[tuple[Arrays, float]]:
+        return self._worker.submit(self._executors.run, rid, name, inputs)
+
+    def drop(self, rid: int) -> Future[None]:
+        return self._worker.submit(self._executors.drop, rid)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._worker.shutdown(wait=wait)
+
+
+_child_executors: LoadedExecutors | None = None
+"""In a :class:`ProcessSide`'s process: the executors it computes with."""
+
+
+def _start_child(rounding: Rounding, lanes: int | None) -> None:
+    global _child_executors  # noqa: PLW0603 - the child process's one piece of state
+    _child_executors = LoadedExecutors(rounding, lanes)
+
+
+def _in_child() -> LoadedExecutors:
+    assert _child_executors is not None, "the KPU process was started without its state"
+    return _child_executors
+
+
+def _child_load(rid: int, data: bytes) -> None:
+    _in_child().load(rid, data)
+
+
+def _child_run(rid: int, name: str,
+               inputs: Sequence[npt.NDArray[np.generic]]) -> tuple[Arrays, float]:
+    return _in_child().run(rid, name, inputs)
+
+
+def _child_drop(rid: int) -> None:
+    _in_child().drop(rid)
+
+
+class ProcessSide:
+    """A process of its own computes (started fresh, not forked from a daemon with
+    threads); models go to it as their files' bytes."""
+
+    def __init__(self, rounding: Rounding, lanes: int | None) -> None:
+        self._worker = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_child, initargs=(rounding, lanes))
+        self._pid = self._worker.submit(os.getpid)  # starts it now, not at the first load
+
+    @property
+    def pid(self) -> int:
+        """The compute process's id (once it has started)."""
+        return self._pid.result()
+
+    def load(self, rid: int, model: KModel) -> Future[None]:
+        return self._worker.submit(_child_load, rid, model.data)
+
+    def run(self, rid: int, name: str,
+            inputs: Sequence[npt.NDArray[np.generic]]) -> Future[tuple[Arrays, float]]:
+        return self._worker.submit(_child_run, rid, name, list(inputs))
+
+    def drop(self, rid: int) -> Future[None]:
+        return self._worker.submit(_child_drop, rid)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._worker.shutdown(wait=wait)
