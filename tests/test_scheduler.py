@@ -15,7 +15,7 @@ from edged.kpu.sim.backend import SimulatedKpu
 from edged.runtime.manager import ModelManager
 from edged.runtime.pipeline import PipelineDefinition
 from edged.runtime.registry import ModelRegistry, model_search_path
-from edged.runtime.scheduler import Result, Scheduler
+from edged.runtime.scheduler import KPU_DEPTH, Result, Scheduler
 from tests.conftest import fixture_path
 
 
@@ -26,11 +26,17 @@ class GatedKpu(SimulatedKpu):
         super().__init__()
         self.gate = asyncio.Event()
         self.gate.set()
+        self.given = 0
+        """Runs asked for and not yet returned."""
 
     async def run(self, handle: ModelHandle,
                   inputs: Sequence[npt.NDArray[np.generic]]) -> list[npt.NDArray[np.generic]]:
-        await self.gate.wait()
-        return await super().run(handle, inputs)
+        self.given += 1
+        try:
+            await self.gate.wait()
+            return await super().run(handle, inputs)
+        finally:
+            self.given -= 1
 
 
 def frame(camera: str, seq: int) -> Frame:
@@ -109,6 +115,27 @@ async def test_cameras_are_served_in_turn() -> None:
             b.full for b in scheduler.boxes.values()))
         slow = [r.frame.seq for r in results if r.frame.camera == "slow"]
         assert slow == [0, 3, 6, 9]  # no slow frame was starved by the fast camera
+    finally:
+        task.cancel()
+        await manager.close()
+        await backend.close()
+
+
+async def test_the_kpu_is_given_the_next_frame_while_it_runs_one() -> None:
+    """KPU_DEPTH frames wait at a stalled KPU, never more; then all finish, in turn."""
+    backend, manager, scheduler, results = await setup(["a", "b", "c", "d"])
+    task = asyncio.create_task(scheduler.run())
+    try:
+        backend.gate.clear()
+        for camera in "abcd":
+            scheduler.boxes[camera].put(frame(camera, 0))
+        await wait_until(lambda: backend.given == KPU_DEPTH)
+        await asyncio.sleep(0.2)
+        assert backend.given == KPU_DEPTH == 2
+        backend.gate.set()
+        await wait_until(lambda: len(results) == 4)
+        assert sorted(r.frame.camera for r in results) == list("abcd")
+        assert backend.given == 0
     finally:
         task.cancel()
         await manager.close()
