@@ -23,9 +23,9 @@ from edged.kpu.sim import kpu_kernels
 from edged.kpu.sim.executor import Rounding
 from edged.kpu.sim.int_gemm import MAX_TERMS, exact_matmul, gemm_weights, input_offset
 from edged.kpu.sim.kpu_kernels import (
-    LINEAR,
     PER_VALUE,
     PIECEWISE,
+    RELU,
     TABLE,
     PreparedConv,
     kpu_download,
@@ -339,7 +339,7 @@ def test_each_activation_path_with_each_pool(pool: PoolType, depthwise: bool,
     layers = {
         PER_VALUE: unsorted_starts(random_conv(rng, depthwise=depthwise, k=3, ic=2, oc=2, h=8,
                                                w=9, pool=pool)),
-        LINEAR: nncase_like_conv(rng, k=3, ic=2, oc=2, h=8, w=9, pool=pool,
+        RELU: nncase_like_conv(rng, k=3, ic=2, oc=2, h=8, w=9, pool=pool,
                                  depthwise=depthwise),
         PIECEWISE: nncase_like_conv(rng, k=3, ic=2, oc=2, h=8, w=9, pool=pool, leaky="3",
                                     depthwise=depthwise),
@@ -355,6 +355,38 @@ def test_each_activation_path_with_each_pool(pool: PoolType, depthwise: bool,
             np.testing.assert_array_equal(prepared.run(x), expected)
         if kind != PER_VALUE:  # values span the activation's range
             assert len(np.unique(ref_conv(conv, x, rounding == "half-even"))) > 2
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("shift", [0, 1, 2, 17, 39])
+def test_relu_rounding_is_exact_on_both_sides_of_its_start(shift: int,
+                                                            rounding: Rounding) -> None:
+    """RELU's short rounding against the reference. Segment 0 gives 0, segments 1..15
+    are one formula with a non-positive ``add``; the batch-norm values are ``x - 128``
+    about its start, so they fall on both sides of it, on every rounding tie (the slope
+    is half a step per value) and, with a steeper slope, beyond 255."""
+    rng = np.random.default_rng(shift)
+    conv = random_conv(rng, depthwise=True, k=1, ic=3, oc=3, h=16, w=16)
+    conv = dataclasses.replace(  # the conv sum is x itself
+        conv, arg=dataclasses.replace(conv.arg, arg_x=0, arg_w=0, arg_add=0),
+        weights=np.ones((3, 1), np.uint8), bn_mul=np.ones(3, np.int64),
+        bn_shift=np.zeros(3, np.int64))
+    start = int(rng.integers(-(1 << 20), 1 << 20))
+    starts = np.full(16, start, np.int64)
+    starts[0] = -(1 << 35)
+    x = np.arange(3 * 256, dtype=np.uint8).reshape(3, 16, 16)  # every value, in each channel
+    for slope in (max(1, 1 << shift >> 1), 3 << shift):
+        for add in (0, -5):
+            layer = dataclasses.replace(
+                conv, bn_add=np.full(3, start - 128, np.int64), act_start=starts,
+                act_mul=np.array([0] + [slope] * 15, np.int64),
+                act_shift=np.full(16, shift, np.int64), act_add=np.array([0] + [add] * 15))
+            prepared = PreparedConv.from_conv(layer, rounding)
+            assert prepared.act[0] == RELU
+            want = ref_conv(layer, x, rounding == "half-even")
+            assert want.min() == 0
+            assert (want.max() == 255) == (slope > 1 << shift)
+            np.testing.assert_array_equal(prepared.run(x), want)
 
 
 @pytest.mark.parametrize("pool", list(PoolType))

@@ -19,9 +19,9 @@ give ``sum(x)`` (less ``128 * taps``).
 padding columns of each output row are computed and dropped), so every loop is long and
 contiguous. Depthwise layers and the epilogue (bias terms, batch-norm, activation, pool) are
 numba kernels that release the GIL and run a channel at a time in cache; the activation is
-one segment's formula where that is exact over every reachable value (a ReLU), the few
-segments in reach evaluated as such (a leaky ReLU), else a lookup table, all computed
-branch-free so that they vectorise.
+one segment's formula, with a short rounding, where that is exact over every reachable
+value (a ReLU), the few segments in reach evaluated as such (a leaky ReLU), else a lookup
+table, all computed branch-free so that they vectorise.
 """
 
 from __future__ import annotations
@@ -163,6 +163,18 @@ class Activation:
             constant = min(max(int(self.add[t]), 0), 255)
             if self.mul[t] != 0 or np.any(formula(ends) != constant):
                 return None
+        return s
+
+    def relu_segment(self, vmin: int, vmax: int) -> int | None:
+        """The :meth:`linear_segment` of ``[vmin, vmax]`` where every value below its start
+        gives 0 (its ``add`` is not positive, or no value is below), else None: there the
+        kernels may round as if the product were never negative (see
+        :func:`_finish_plane`), since for a negative product either rounding gives at most
+        0 before ``add``.
+        """
+        s = self.linear_segment(vmin, vmax)
+        if s is None or (self.add[s] > 0 and vmin < self.start[s]):
+            return None
         return s
 
     def pieces(self, vmin: int, vmax: int) -> list[int] | None:
@@ -349,7 +361,7 @@ def kpu_pool(x: UInt8Array, pool: PoolType) -> UInt8Array:
 
 # --- batch-norm, activation and pooling of one output channel -------------------------------
 
-PER_VALUE, TABLE, LINEAR, PIECEWISE = 0, 1, 2, 3
+PER_VALUE, TABLE, RELU, PIECEWISE = 0, 1, 2, 3
 """How an epilogue computes the activation (the first item of its ``act`` tuple)."""
 
 PIECE_FIELDS = ("threshold", "start", "mul", "shift", "mask", "half", "add")
@@ -385,12 +397,15 @@ def _finish_plane(
     which the first ``w`` columns count) through batch-norm, the activation and the pool.
 
     ``act`` is ``(kind, table origin, half_even, narrow)`` (see :func:`_mul`) and PIECES
-    pieces of ``(threshold, start, mul, shift, mask, half, add)``. LINEAR computes the
-    first piece's formula (a ReLU's); PIECEWISE picks the last piece whose threshold the
-    value exceeds (the pieces are the segments in reach, ascending); TABLE computes indices
-    into ``lut``, then looks them up. All three run branch-free over the whole plane, so
-    they vectorise; PER_VALUE leaves the batch-norm values in ``values`` for
-    :class:`Activation`.
+    pieces of ``(threshold, start, mul, shift, mask, half, add)``. RELU computes the
+    first piece's formula (see :meth:`Activation.relu_segment`) with a shorter rounding,
+    exact where the product is not negative: for ``p >= 0``, half-even rounding of ``p /
+    2**shift`` is ``(p + half - 1 + lsb) >> shift`` (``lsb`` the last bit kept) and half-up
+    is ``(p + half) >> shift``: 5 vector instructions rather than 10. PIECEWISE picks the
+    last piece whose threshold the value exceeds (the pieces are the segments in reach,
+    ascending); TABLE computes indices into ``lut``, then looks them up. All three run
+    branch-free over the whole plane, so they vectorise; PER_VALUE leaves the batch-norm
+    values in ``values`` for :class:`Activation`.
     """
     stride = acc.size // h
     kind = act[0]
@@ -405,11 +420,15 @@ def _finish_plane(
     direct = mode == 0 and stride == w  # the plane is the output, no copy or pool
     dst = out.reshape(-1) if direct else flat
     half_even = act[2] != 0
-    if kind == LINEAR:
+    if kind == RELU:
+        start, mul, shift, add = act[_P0 + 1], act[_P0 + 2], act[_P0 + 3], act[_P0 + 6]
+        rounds = shift > 0
+        bias = (act[_P0 + 5] - half_even) if rounds else 0
+        lsb = 1 if rounds and half_even else 0
         for p in range(acc.size):
             bn = _batchnorm(acc[p], x_term[p], w_term, bn_mul, bn_shift, bn_add, narrow)
-            dst[p] = _segment(bn, act[_P0 + 1], act[_P0 + 2], act[_P0 + 3], act[_P0 + 4],
-                              act[_P0 + 5], act[_P0 + 6], half_even, narrow)
+            q = _mul(bn - start, mul, narrow)
+            dst[p] = min(max(((q + bias + ((q >> shift) & lsb)) >> shift) + add, 0), 255)
     elif kind == PIECEWISE:
         for p in range(acc.size):
             bn = _batchnorm(acc[p], x_term[p], w_term, bn_mul, bn_shift, bn_add, narrow)
@@ -581,7 +600,7 @@ class PreparedConv:
         activation = Activation.from_conv(conv, rounding)
         conv_range = _conv_range(conv, w_term, sum_w)
         reach = _reachable(conv, conv_range)
-        linear = activation.linear_segment(*reach)
+        linear = activation.relu_segment(*reach)
         pieces = None if linear is not None else activation.pieces(*reach)
         lut = activation.lookup_table(*reach) if linear is None and pieces is None else None
         chosen = [linear] if linear is not None else pieces or []
@@ -756,7 +775,7 @@ def _activation_params(activation: Activation, linear: int | None, pieces: list[
         return never if s is None else tuple(int(f[s]) for f in fields)
 
     if linear is not None:
-        kind, chosen = LINEAR, [linear]
+        kind, chosen = RELU, [linear]
     elif pieces is not None:
         kind, chosen = PIECEWISE, pieces
     else:
