@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -326,3 +329,21 @@ async def test_a_compute_process_that_dies_is_started_again_with_its_models(
         assert len(await kpu.run(handles[1], inputs_for(face))) == len(face.outputs)
         assert isinstance(kpu._side, ProcessSide)
         assert kpu._side.pid != side.pid
+
+
+def test_the_compute_process_ends_with_a_killed_parent() -> None:
+    """A daemon killed with SIGKILL leaves no simulator process behind."""
+    with subprocess.Popen(
+            [sys.executable, "-c", "from edged.kpu.sim.device import ProcessSide\n"
+             "side = ProcessSide('half-even', 1)\nprint(side.pid, flush=True)\n"
+             "import time\ntime.sleep(60)\n"], stdout=subprocess.PIPE, text=True) as parent:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # running
+        parent.kill()
+        parent.wait(10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and b"spawn_main" in Path(
+            f"/proc/{child}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the compute process outlived its parent"
+        time.sleep(0.05)

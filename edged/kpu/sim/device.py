@@ -12,8 +12,11 @@ pickled arrays (about 0.2 MB each), and a crash of that process reaches the back
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -103,9 +106,24 @@ _child_executors: LoadedExecutors | None = None
 """In a :class:`ProcessSide`'s process: the executors it computes with."""
 
 
-def _start_child(rounding: Rounding, lanes: int | None) -> None:
+PR_SET_PDEATHSIG = 1
+"""Linux's prctl option: a signal for this process when its parent ends."""
+
+
+def _start_child(rounding: Rounding, lanes: int | None, parent: int) -> None:
     global _child_executors  # noqa: PLW0603 - the child process's one piece of state
+    _end_with_parent(parent)
     _child_executors = LoadedExecutors(rounding, lanes)
+
+
+def _end_with_parent(parent: int) -> None:
+    """End this process when ``parent`` (the thread that started it) ends, even by
+    SIGKILL: the pool's own pipes do not tell a child its parent is gone, so a killed
+    daemon would leave its compute process behind."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # ended before the request was made
+        os._exit(1)
 
 
 def _in_child() -> LoadedExecutors:
@@ -133,7 +151,7 @@ class ProcessSide:
     def __init__(self, rounding: Rounding, lanes: int | None) -> None:
         self._worker = ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_child, initargs=(rounding, lanes))
+            initializer=_start_child, initargs=(rounding, lanes, os.getpid()))
         self._pid = self._worker.submit(os.getpid)  # starts it now, not at the first load
 
     @property
