@@ -457,6 +457,15 @@ def _finish_plane(
         _pool_plane(plane, mode, out)
 
 
+@numba.njit(inline="always")
+def _x_terms(sums: npt.NDArray[np.generic], sum_offset: int, arg_x: int, shift_x: int,
+             narrow: bool, out: Int64Array) -> None:  # pragma: no cover - jitted
+    """The KPU's ``arg_x * sum(x) >> shift_x`` per pixel, ``sum(x)`` being ``sums +
+    sum_offset``."""
+    for p in range(out.size):
+        out[p] = _mul(arg_x, np.int64(sums[p]) + sum_offset, narrow) >> shift_x
+
+
 @numba.njit(nogil=True, cache=True)
 def _finish_conv(
     acc: npt.NDArray[np.generic], sum_offset: int, arg_x: int, shift_x: int,
@@ -469,8 +478,7 @@ def _finish_conv(
     oc = acc.shape[0] - 1
     n = acc.shape[1]
     x_term = np.empty(n, np.int64)
-    for p in range(n):
-        x_term[p] = _mul(arg_x, np.int64(acc[oc, p]) + sum_offset, act[3] != 0) >> shift_x
+    _x_terms(acc[oc], sum_offset, arg_x, shift_x, act[3] != 0, x_term)
     index = np.empty(n, np.int32)
     flat = np.empty(n, np.uint8)
     plane = np.empty((h, w), np.uint8)
@@ -506,23 +514,20 @@ def _depthwise(
     plane = np.empty((h, w), np.uint8)
     for ch in range(c):
         acc[:] = 0
-        sums[:] = 0
+        if not folded:
+            sums[:] = 0
         for ky in range(k):
             for kx in range(k):
                 offset = ky * stride + kx
                 src = planes[ch, offset : offset + n]
                 wk = np.int32(weights[ch, ky * k + kx])
-                if folded:
-                    for p in range(n):
-                        acc[p] += np.int32(src[p]) * wk
-                    continue
                 for p in range(n):
-                    value = np.int32(src[p])
-                    acc[p] += value * wk
-                    sums[p] += value
+                    acc[p] += np.int32(src[p]) * wk
+                if not folded:
+                    for p in range(n):
+                        sums[p] += np.int32(src[p])
         if not folded:
-            for p in range(n):
-                x_term[p] = _mul(arg_x, np.int64(sums[p]), act[3] != 0) >> shift_x
+            _x_terms(sums, 0, arg_x, shift_x, act[3] != 0, x_term)
         _finish_plane(acc, x_term, w_term[ch], bn_mul[ch], bn_shift[ch], bn_add[ch], act, lut,
                       mode, h, w, index, flat, plane, values[ch], out[ch])
 
@@ -600,12 +605,12 @@ class PreparedConv:
         activation = Activation.from_conv(conv, rounding)
         conv_range = _conv_range(conv, w_term, sum_w)
         reach = _reachable(conv, conv_range)
-        linear = activation.relu_segment(*reach)
-        pieces = None if linear is not None else activation.pieces(*reach)
-        lut = activation.lookup_table(*reach) if linear is None and pieces is None else None
-        chosen = [linear] if linear is not None else pieces or []
+        relu = activation.relu_segment(*reach)
+        pieces = None if relu is not None else activation.pieces(*reach)
+        lut = activation.lookup_table(*reach) if relu is None and pieces is None else None
+        chosen = [relu] if relu is not None else pieces or []
         narrow = _narrow(conv, conv_range, reach, activation, chosen)
-        act = _activation_params(activation, linear, pieces, lut, narrow)
+        act = _activation_params(activation, relu, pieces, lut, narrow)
         if arg.depthwise:
             fold = _x_fold(conv)
             w_int = np.ascontiguousarray(w64 if fold is None else w64 + fold)
@@ -765,7 +770,7 @@ def _narrow(conv: KpuConv, conv_range: tuple[Int64Array, Int64Array], reach: tup
     return all(-(1 << 31) <= int(f) < 1 << 31 for f in factors)
 
 
-def _activation_params(activation: Activation, linear: int | None, pieces: list[int] | None,
+def _activation_params(activation: Activation, relu: int | None, pieces: list[int] | None,
                        lut: tuple[int, UInt8Array] | None, narrow: bool) -> tuple[int, ...]:
     """The ``act`` tuple of :func:`_finish_plane`."""
     fields = [getattr(activation, name) for name in PIECE_FIELDS]
@@ -774,8 +779,8 @@ def _activation_params(activation: Activation, linear: int | None, pieces: list[
     def piece(s: int | None) -> tuple[int, ...]:
         return never if s is None else tuple(int(f[s]) for f in fields)
 
-    if linear is not None:
-        kind, chosen = RELU, [linear]
+    if relu is not None:
+        kind, chosen = RELU, [relu]
     elif pieces is not None:
         kind, chosen = PIECEWISE, pieces
     else:
