@@ -314,7 +314,8 @@ class V4Executor:
                                 arg.in_channels, arg.in_height, arg.in_width)
                    for b in range(n.batches)]
         prepared = self._convs[n.index]
-        out = np.stack([prepared.run(x, self._lanes) for x in ins])
+        maps = [prepared.run(x, self._lanes) for x in ins]
+        out = maps[0][None] if len(maps) == 1 else np.stack(maps)  # no copy of one map
         self._handoff = out[0] if n.index in self._handed_over else None
         for b in range(n.batches if self._handoff is None else 0):
             kpu_upload(self._kpu, (arg.dst_addr + b * arg.out_rows) * 64, out[b])
@@ -333,14 +334,21 @@ def _region(r: v4.MemRange) -> Region:
 
 def _access(node: v4.V4Node) -> Access:
     """What a v4 node does to KPU RAM, from its memory ranges (and, for a KPU convolution,
-    the rows its registers name; only single-batch convolutions hand over)."""
+    the rows its registers name; only single-batch convolutions hand over).
+
+    Only an upload and a convolution write the whole of their KPU range in row layout;
+    another node may write part of its output range (a copy, a concat) or read it first (an
+    nnil method keeps some values), so its KPU outputs count as read, never as overwritten:
+    :func:`handed_over` wants bytes certainly overwritten.
+    """
+    whole = isinstance(node, v4.KpuUpload | v4.KpuConv2d)
     reads: list[Region] = []
     writes: list[Region] = []
     for f in dataclasses.fields(node):
         value = getattr(node, f.name)
         for r in value if isinstance(value, tuple) else (value,):
             if isinstance(r, v4.MemRange) and r.memory is v4.MemoryType.K210_KPU:
-                (writes if f.name in _WRITES else reads).append(_region(r))
+                (writes if whole and f.name in _WRITES else reads).append(_region(r))
     if not isinstance(node, v4.KpuConv2d):
         return Access(node.index, tuple(reads), tuple(writes))
     return conv_access(node.index, node.conv.arg, node.batches, tuple(reads), tuple(writes))
