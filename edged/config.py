@@ -80,6 +80,14 @@ class KpuSettings(Strict):
                              'port = "/dev/ttyUSB0"')
         return self
 
+    @property
+    def stream_pipeline(self) -> str | None:
+        """The pipeline a Maix board runs on its own camera: only in serial stream mode."""
+        serial = self.serial
+        if self.backend != "serial" or serial is None or serial.mode != "stream":
+            return None
+        return serial.stream_pipeline
+
 
 class ModelSettings(Strict):
     """Where models are found and how they may be swapped."""

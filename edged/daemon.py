@@ -78,10 +78,8 @@ def pipeline_definitions(
 ) -> dict[str, PipelineDefinition]:
     """The pipelines the cameras use, each verified against its model now."""
     definitions = {}
-    serial = settings.kpu.serial
-    streamed = {serial.stream_pipeline} if serial and serial.stream_pipeline and \
-        settings.kpu.backend == "serial" and serial.mode == "stream" else set()
-    for name in sorted(set(settings.routes.values()) | streamed):
+    streamed = settings.kpu.stream_pipeline
+    for name in sorted(set(settings.routes.values()) | ({streamed} if streamed else set())):
         try:
             pipeline = load_pipeline(pipeline_path(name, settings.pipelines_dir), registry)
         except LookupError as exc:
@@ -148,7 +146,7 @@ class Daemon:
                 MqttPublisher(settings.mqtt, device_id=settings.device_id, commands=commands))
             self.scheduler = Scheduler(self.manager, self.backend, settings.routes, self._publish)
             self.handler = CommandHandler(self.manager, settings.device_id,
-                                          self.publisher.publish_result, self._publish_models)
+                                          self.publisher.publish_result, self._models_changed)
             self._publish_models()
             self._install_signals()
             try:
@@ -237,8 +235,7 @@ class Daemon:
         except (LifecycleError, KpuError) as exc:
             bound.warning("button_action_failed", error=str(exc))
             return
-        self._publish_models()
-        await self._stream_on_board()
+        self._models_changed()
 
     # -- a Maix board on the serial link ------------------------------------------------------
 
@@ -254,26 +251,41 @@ class Daemon:
                 case BoardDetections():
                     self._publish_board(event)
 
+    def _models_changed(self) -> None:
+        """After a swap, by a button or a command: publish the models, and in stream mode
+        start the board's stream again (deinit of the old model stopped it)."""
+        self._publish_models()
+        if self.board is not None and self.settings.kpu.stream_pipeline is not None:
+            self._tasks.create_task(self._restream(), name="board-stream")
+
+    async def _restream(self) -> None:
+        try:
+            await self._stream_on_board()
+        except (KpuError, StartError) as exc:
+            log.warning("board_stream_failed", error=str(exc))
+
     async def _stream_on_board(self) -> None:
-        """Stream mode: the board runs its pipeline's current model on its camera (again
-        after a swap: deinit of the old model stopped the stream on the board)."""
-        serial = self.settings.kpu.serial
-        if self.board is None or serial is None or serial.stream_pipeline is None:
+        """Stream mode: the board runs its pipeline's current model on its camera."""
+        pipeline = self.settings.kpu.stream_pipeline
+        if self.board is None or pipeline is None:
             return
-        model = self.manager.pipeline_models().get(serial.stream_pipeline)
+        model = self.manager.pipeline_models().get(pipeline)
         handle = self.manager.resident().get(model) if model else None
         if model is None or handle is None:
             return
         decoder = self.manager.registry.get(model).manifest.decoder
         if not isinstance(decoder, Yolo2Config):
-            raise StartError(f"kpu.serial.stream_pipeline {serial.stream_pipeline}: model "
+            raise StartError(f"kpu.serial.stream_pipeline {pipeline}: model "
                              f"{model} is not a YOLOv2 model; the board decodes only those")
+        serial = self.settings.kpu.serial
+        assert serial is not None  # stream_pipeline is None without it
         await self.board.stream(handle, anchors=decoder.anchors, threshold=decoder.threshold,
                                 nms=decoder.nms, fps=serial.stream_fps)
 
     def _publish_board(self, event: BoardDetections) -> None:
         serial = self.settings.kpu.serial
-        if serial is None or serial.stream_pipeline is None or event.model is None:
+        pipeline = self.settings.kpu.stream_pipeline
+        if serial is None or pipeline is None or event.model is None:
             return
         frame = event.frame
         boxes = np.array([[b.x, b.y, b.w, b.h] for b in frame.boxes], np.float64).reshape(-1, 4)
@@ -283,7 +295,7 @@ class Daemon:
             self.manager.registry.get(event.model).manifest.labels, (frame.width, frame.height))
         self.publisher.publish_detections(detections_payload(
             device=self.settings.device_id, camera=serial.stream_camera,
-            pipeline=serial.stream_pipeline, model=event.model, frame=frame.frame,
+            pipeline=pipeline, model=event.model, frame=frame.frame,
             captured_at=time.time(), latency_ms=float(frame.run_ms),
             image_size=(frame.width, frame.height), detections=detections))
 
