@@ -18,6 +18,9 @@ import numpy.typing as npt
 from edged.kpu.kmodel.model import KModel
 from edged.kpu.sram import MemoryReport
 
+Arrays = list[npt.NDArray[np.generic]]
+"""A frame's inputs or outputs, one array per tensor of the model."""
+
 
 @dataclass(frozen=True)
 class ModelHandle:
@@ -52,7 +55,7 @@ class KpuBackend(Protocol):
 
     async def run(
         self, handle: ModelHandle, inputs: Sequence[npt.NDArray[np.generic]]
-    ) -> list[npt.NDArray[np.generic]]:
+    ) -> Arrays:
         """Run one frame: inputs in the model's layout, outputs as the model declares
         them. ``HandleError`` for a handle not loaded, ``RunError`` for a wrong input."""
         ...

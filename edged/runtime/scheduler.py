@@ -24,12 +24,10 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-import numpy.typing as npt
 import structlog
 
 from edged.camera.frame import Frame
-from edged.kpu.backend import KpuBackend
+from edged.kpu.backend import Arrays, KpuBackend
 from edged.kpu.errors import HandleError, KpuError
 from edged.runtime.mailbox import Mailbox, Rotation
 from edged.runtime.manager import Active, ModelManager
@@ -66,7 +64,6 @@ class Flow:
     latency: LatencyWindow = field(default_factory=LatencyWindow)
 
 
-Outputs = list[npt.NDArray[np.generic]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,7 +97,7 @@ class Scheduler:
         self._room = asyncio.Semaphore(1)
         self._prepared: asyncio.Queue[_Job] = asyncio.Queue(maxsize=1)
         self._kpu_slots = asyncio.Semaphore(KPU_DEPTH)
-        self._running: asyncio.Queue[tuple[_Job, asyncio.Task[Outputs]]] = asyncio.Queue()
+        self._running: asyncio.Queue[tuple[_Job, asyncio.Task[Arrays]]] = asyncio.Queue()
         self._last_progress = time.monotonic()
         self._in_flight = 0
         self.idle = asyncio.Event()
@@ -195,7 +192,7 @@ class Scheduler:
             finally:
                 self._done()
 
-    async def _outputs(self, job: _Job, run: asyncio.Task[Outputs]) -> Outputs | None:
+    async def _outputs(self, job: _Job, run: asyncio.Task[Arrays]) -> Arrays | None:
         """The outputs of ``job``'s run, or None (counted) when it could not run."""
         flow = self.flows[job.frame.camera]
         try:

@@ -25,7 +25,7 @@ from typing import Self, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from edged.kpu.backend import KpuStats, ModelHandle
+from edged.kpu.backend import Arrays, KpuStats, ModelHandle
 from edged.kpu.errors import HandleError, RunError
 from edged.kpu.kmodel.model import KModel
 from edged.kpu.sim.device import ComputeSide, ProcessSide, ThreadSide
@@ -33,7 +33,6 @@ from edged.kpu.sim.executor import Rounding, check_inputs
 from edged.kpu.sram import MemoryReport, ModelCost, RuntimeProfile, SramAccount
 
 T = TypeVar("T")
-Arrays = list[npt.NDArray[np.generic]]
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,13 +25,12 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from edged.kpu.backend import Arrays
 from edged.kpu.errors import KpuError, RunError
 from edged.kpu.kmodel import parse_kmodel
 from edged.kpu.kmodel.model import KModel
 from edged.kpu.sim.executor import Executor, Rounding, create_executor
 from edged.kpu.sim.lanes import Lanes, machine_lanes
-
-Arrays = list[npt.NDArray[np.generic]]
 
 
 class LoadedExecutors:
