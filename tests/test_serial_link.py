@@ -11,7 +11,7 @@ import struct
 import subprocess
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +172,18 @@ def test_a_truncated_body_says_which_message(body: protocol.HelloInfo) -> None:
     raw = body.encode()
     with pytest.raises(ProtocolError, match=r"body of|run past"):
         type(body).decode(raw[:len(raw) // 2])
+
+
+@pytest.mark.parametrize(("decode", "body"), [
+    (protocol.ButtonEvent.decode, b"\x01\x10\x00"), (protocol.LogEvent.decode, b""),
+    (protocol.stream_size, b"\x40\x01\xf0")], ids=["BUTTON", "LOG", "STREAM reply"])
+def test_a_short_event_or_stream_reply_is_a_protocol_error(
+        decode: Callable[[bytes], object], body: bytes) -> None:
+    """Read like every other body: a short one says which message, never IndexError."""
+    with pytest.raises(ProtocolError, match="body of"):
+        decode(body)
+    assert protocol.ButtonEvent.decode(b"\x01\x10\x27\x00\x00") == protocol.ButtonEvent(
+        1, 10000)
 
 
 def test_board_errors_become_edged_errors_with_maixpy_codes() -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from edged.kpu.backend import KpuStats, ModelHandle
+from edged.kpu.backend import Arrays, KpuStats, ModelHandle
 from edged.kpu.errors import HandleError, KpuError, MemoryOverflow, RunError
 from edged.kpu.kmodel.model import KModel
 from edged.kpu.serial.config import BoardLocation, Mode, SerialSettings
@@ -39,6 +39,7 @@ from edged.kpu.serial.link import (
     BoardReset,
     BoardTimeout,
     LinkClosed,
+    LinkCounters,
     LinkMeasure,
     Refused,
     SerialLink,
@@ -49,6 +50,7 @@ from edged.kpu.serial.protocol import (
     OVERHEAD,
     PROTOCOL_VERSION,
     BoardBox,
+    ButtonEvent,
     Detections,
     ErrorReply,
     Frame,
@@ -56,6 +58,7 @@ from edged.kpu.serial.protocol import (
     InputPlan,
     LoadReply,
     LoadRequest,
+    LogEvent,
     MemInfo,
     MsgType,
     ProtocolError,
@@ -71,13 +74,13 @@ from edged.kpu.serial.protocol import (
     encode_chunk,
     input_plan,
     output_shapes,
+    stream_size,
 )
 from edged.kpu.sim.executor import check_inputs
 from edged.kpu.sram import MemoryReport, ModelCost, ModelMemory, RuntimeProfile, get_profile
 
 log = structlog.get_logger(component="kpu.serial")
 T = TypeVar("T")
-Arrays = list[npt.NDArray[np.generic]]
 
 ECHO_BYTES = 4096
 HELLO_RETRY_S = 1.0
@@ -447,9 +450,8 @@ class SerialKpu:
             yield await self._events.get()
 
     def link_stats(self) -> SerialStats:
-        link = self._link
-        counters = link.counters if link is not None else None
-        decoder = counters.decoder if counters is not None else None
+        counters = self._link.counters if self._link is not None else LinkCounters()
+        decoder = counters.decoder
         measure = self._measure
         return SerialStats(
             port=self.port, baud=self.baud, mode=self.mode,
@@ -458,16 +460,13 @@ class SerialKpu:
             measured_bytes_per_s=round(measure.bytes_per_s) if measure else None,
             rtt_ms=round(measure.rtt_s * 1e3, 3) if measure else None,
             run_bytes_per_s=round(self._run_bytes / self._busy) if self._busy else None,
-            bytes_in=counters.bytes_in if counters else 0,
-            bytes_out=counters.bytes_out if counters else 0,
-            frames_in=counters.frames_in if counters else 0,
-            frames_out=counters.frames_out if counters else 0,
-            skipped_bytes=decoder.skipped_bytes if decoder else 0,
-            bad_frames=(decoder.bad_headers + decoder.bad_payloads) if decoder else 0,
-            timeouts=counters.timeouts if counters else 0,
-            resends=counters.resends if counters else 0,
-            events_lost=counters.events_lost if counters else 0,
-            events_dropped=self._events_dropped + (counters.events_dropped if counters else 0),
+            bytes_in=counters.bytes_in, bytes_out=counters.bytes_out,
+            frames_in=counters.frames_in, frames_out=counters.frames_out,
+            skipped_bytes=decoder.skipped_bytes,
+            bad_frames=decoder.bad_headers + decoder.bad_payloads,
+            timeouts=counters.timeouts, resends=counters.resends,
+            events_lost=counters.events_lost,
+            events_dropped=self._events_dropped + counters.events_dropped,
             resets=self._resets, reconnects=self._reconnects, runs=self._runs,
             stream_frames=self._stream_frames, detections=self._detections)
 
@@ -695,7 +694,7 @@ class SerialKpu:
             body = await self._call(MsgType.STREAM, request.encode())
         except Refused as exc:
             raise self._refusal(exc, f"streaming {active.handle.name!r}") from None
-        return int.from_bytes(body[0:2], "little"), int.from_bytes(body[2:4], "little")
+        return stream_size(body)
 
     def _moved(self) -> int:
         link = self._link
@@ -741,13 +740,13 @@ class SerialKpu:
                 self._emit(BoardDetections(active.handle.name if active else None, found,
                                            time.monotonic()))
             case MsgType.BUTTON:
-                kind, held = frame.payload[0], int.from_bytes(frame.payload[1:5], "little")
-                self._emit(BoardButton("long_press" if kind == LONG_PRESS else "press", held,
-                                       time.monotonic()))
+                button = ButtonEvent.decode(frame.payload)
+                self._emit(BoardButton("long_press" if button.kind == LONG_PRESS else "press",
+                                       button.held_ms, time.monotonic()))
             case MsgType.LOG:
-                text = frame.payload[1:].decode("utf-8", "replace")
-                log.info("board_log", port=self.port, level=frame.payload[0], text=text)
-                self._emit(BoardLog(frame.payload[0], text))
+                entry = LogEvent.decode(frame.payload)
+                log.info("board_log", port=self.port, level=entry.level, text=entry.text)
+                self._emit(BoardLog(entry.level, entry.text))
             case MsgType.FAULT:
                 fault = ErrorReply.decode(frame.payload)
                 log.warning("board_fault", port=self.port, code=fault.code, text=fault.text)

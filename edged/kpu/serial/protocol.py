@@ -574,6 +574,38 @@ PRESS, LONG_PRESS = 0, 1
 
 
 @dataclass(frozen=True, slots=True)
+class ButtonEvent:
+    """BUTTON's body: PRESS or LONG_PRESS, and how long the key was held (ms)."""
+
+    kind: int
+    held_ms: int
+
+    @classmethod
+    def decode(cls, body: bytes) -> ButtonEvent:
+        r = _Reader(body, "BUTTON")
+        return cls(r.u("B"), r.u("I"))
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """LOG's body: a level, then the text."""
+
+    level: int
+    text: str
+
+    @classmethod
+    def decode(cls, body: bytes) -> LogEvent:
+        r = _Reader(body, "LOG")
+        return cls(r.u("B"), r.rest().decode("utf-8", "replace"))
+
+
+def stream_size(body: bytes) -> tuple[int, int]:
+    """STREAM's OK answer: the camera's width and height."""
+    r = _Reader(body, "STREAM reply")
+    return r.u("H"), r.u("H")
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReply:
     """ERROR's body (and FAULT's): a code, 2001-2015 MaixPy's, 1001-1008 the protocol's."""
 
@@ -617,13 +649,8 @@ class BoardError(KpuError):
 
 
 _ERROR_CLASSES: dict[int, Callable[[str], KpuError]] = {
-    2001: HandleError,
-    2002: KmodelVersionError,
-    2003: KmodelFormatError,
-    2007: FirstLayerError,
-    2008: RunError,
-    2009: ModelsFull,
-}
+    cls.code: cls for cls in (HandleError, KmodelVersionError, KmodelFormatError,
+                              FirstLayerError, RunError, ModelsFull)}
 
 
 def board_error(reply: ErrorReply, where: str) -> KpuError:
