@@ -324,6 +324,7 @@ def test_depthwise_layers_fold_arg_x_into_their_weights(
             conv, weights=rng.integers(0, 1 << 16, conv.weights.shape).astype(np.uint16))
     prepared = PreparedConv.from_conv(conv, "half-even")
     assert prepared.x_fold == (fold if folds else None)
+    assert prepared.w_int is not None and prepared.w_int.dtype == (np.int32 if wide else np.int16)
     for x in (rng.integers(0, 256, (6, 5, 7)).astype(np.uint8), np.full((6, 5, 7), 255, np.uint8)):
         np.testing.assert_array_equal(prepared.run(x), ref_conv(conv, x, True))
 
@@ -361,32 +362,54 @@ def test_each_activation_path_with_each_pool(pool: PoolType, depthwise: bool,
 @pytest.mark.parametrize("shift", [0, 1, 2, 17, 39])
 def test_relu_rounding_is_exact_on_both_sides_of_its_start(shift: int,
                                                             rounding: Rounding) -> None:
-    """RELU's short rounding against the reference. Segment 0 gives 0, segments 1..15
-    are one formula with a non-positive ``add``; the batch-norm values are ``x - 128``
-    about its start, so they fall on both sides of it, on every rounding tie (the slope
-    is half a step per value) and, with a steeper slope, beyond 255."""
+    """RELU's fused formula against the reference. Segment 0 gives 0, segments 1..15 are
+    one formula with a non-positive ``add``; the batch-norm values are about its start, so
+    they fall on both sides of it, on every rounding tie (a slope of half a step per value)
+    and, with a steeper batch-norm, beyond 255; ``bn_shift`` 1 folds two shifts into one.
+    A slope that is no power of two is computed as a piece, as exactly."""
     rng = np.random.default_rng(shift)
     conv = random_conv(rng, depthwise=True, k=1, ic=3, oc=3, h=16, w=16)
     conv = dataclasses.replace(  # the conv sum is x itself
         conv, arg=dataclasses.replace(conv.arg, arg_x=0, arg_w=0, arg_add=0),
-        weights=np.ones((3, 1), np.uint8), bn_mul=np.ones(3, np.int64),
-        bn_shift=np.zeros(3, np.int64))
+        weights=np.ones((3, 1), np.uint8))
     start = int(rng.integers(-(1 << 20), 1 << 20))
     starts = np.full(16, start, np.int64)
     starts[0] = -(1 << 35)
     x = np.arange(3 * 256, dtype=np.uint8).reshape(3, 16, 16)  # every value, in each channel
-    for slope in (max(1, 1 << shift >> 1), 3 << shift):
+    step = 1 << shift
+    for slope, bn_mul, bn_shift, kind in ((max(1, step >> 1), 1, 0, RELU), (step, 3, 0, RELU),
+                                          (step, 7, 1, RELU), (3 * step, 1, 0, PIECEWISE)):
         for add in (0, -5):
             layer = dataclasses.replace(
-                conv, bn_add=np.full(3, start - 128, np.int64), act_start=starts,
-                act_mul=np.array([0] + [slope] * 15, np.int64),
+                conv, bn_mul=np.full(3, bn_mul, np.int64),
+                bn_shift=np.full(3, bn_shift, np.int64),
+                bn_add=np.full(3, start - (128 * bn_mul >> bn_shift), np.int64),
+                act_start=starts, act_mul=np.array([0] + [slope] * 15, np.int64),
                 act_shift=np.full(16, shift, np.int64), act_add=np.array([0] + [add] * 15))
             prepared = PreparedConv.from_conv(layer, rounding)
-            assert prepared.act[0] == RELU
+            assert prepared.act[0] == kind
             want = ref_conv(layer, x, rounding == "half-even")
             assert want.min() == 0
-            assert (want.max() == 255) == (slope > 1 << shift)
+            assert (want.max() == 255) == (slope > step or (slope == step and bn_mul > 1))
             np.testing.assert_array_equal(prepared.run(x), want)
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_a_relu_whose_folded_sum_could_leave_int64_is_computed_another_way(
+        rounding: Rounding) -> None:
+    """A batch-norm factor near 2**44 folds past 2**62 in the RELU formula: the layer is
+    computed from its table (this ReLU's has many constant segments), still exactly."""
+    rng = np.random.default_rng(11)
+    conv = nncase_like_conv(rng, k=3, ic=2, oc=2, h=8, w=9, pool=PoolType.BYPASS,
+                            depthwise=False)
+    assert PreparedConv.from_conv(conv, rounding).act[0] == RELU
+    wide = dataclasses.replace(conv, bn_mul=conv.bn_mul << 30, bn_shift=conv.bn_shift + 30)
+    prepared = PreparedConv.from_conv(wide, rounding)
+    assert prepared.act[0] == TABLE
+    x = rng.integers(0, 256, (2, 8, 9)).astype(np.uint8)
+    want = ref_conv(wide, x, rounding == "half-even")
+    np.testing.assert_array_equal(want, ref_conv(conv, x, rounding == "half-even"))
+    np.testing.assert_array_equal(prepared.run(x), want)
 
 
 @pytest.mark.parametrize("pool", list(PoolType))

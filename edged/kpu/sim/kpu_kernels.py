@@ -386,6 +386,17 @@ def _batchnorm(acc: float, x_term: int, w_term: int, bn_mul: int, bn_shift: int,
     return int((_mul(np.int64(acc) + x_term + w_term, bn_mul, narrow) >> bn_shift) + bn_add)
 
 
+@numba.njit(inline="always")
+def _relu(acc: npt.NDArray[np.generic], x_term: Int64Array, bn_mul: int, k: int, shift: int,
+          bn_shift: int, lsb_bit: int, add: int, narrow: bool,
+          dst: UInt8Array) -> None:  # pragma: no cover - jitted
+    """The RELU kind's loop (see :func:`_finish_plane`)."""
+    total = bn_shift + shift
+    for p in range(acc.size):
+        t = _mul(np.int64(acc[p]) + x_term[p], bn_mul, narrow) + k
+        dst[p] = min(max(((t + ((t >> shift) & lsb_bit)) >> total) + add, 0), 255)
+
+
 @numba.njit(nogil=True, cache=True)
 def _finish_plane(
     acc: npt.NDArray[np.generic], x_term: Int64Array, w_term: int, bn_mul: int, bn_shift: int,
@@ -398,10 +409,14 @@ def _finish_plane(
 
     ``act`` is ``(kind, table origin, half_even, narrow)`` (see :func:`_mul`) and PIECES
     pieces of ``(threshold, start, mul, shift, mask, half, add)``. RELU computes the
-    first piece's formula (see :meth:`Activation.relu_segment`) with a shorter rounding,
-    exact where the product is not negative: for ``p >= 0``, half-even rounding of ``p /
-    2**shift`` is ``(p + half - 1 + lsb) >> shift`` (``lsb`` the last bit kept) and half-up
-    is ``(p + half) >> shift``: 5 vector instructions rather than 10. PIECEWISE picks the
+    first piece's formula (see :meth:`Activation.relu_segment`), whose ``mul`` is 1 (see
+    :func:`_fused_relu`), with a shorter rounding, exact where the product is not negative:
+    for ``q >= 0``, half-up rounding of ``q / 2**shift`` is ``(q + half) >> shift`` and
+    half-even is ``(t + lsb) >> shift`` with ``t = q + half - 1`` and ``lsb`` the last bit
+    kept of ``t`` (of ``q`` too, wherever adding it can change the result). With ``q =
+    ((c * bn_mul) >> bn_shift) + bn_add - start`` (``c`` the conv sum) the two shifts are
+    one, ``(c * bn_mul + k) >> (bn_shift + shift)``, ``k`` folded per channel: a value
+    costs one multiply and six other vector instructions. PIECEWISE picks the
     last piece whose threshold the value exceeds (the pieces are the segments in reach,
     ascending); TABLE computes indices into ``lut``, then looks them up. All three run
     branch-free over the whole plane, so they vectorise; PER_VALUE leaves the batch-norm
@@ -421,14 +436,15 @@ def _finish_plane(
     dst = out.reshape(-1) if direct else flat
     half_even = act[2] != 0
     if kind == RELU:
-        start, mul, shift, add = act[_P0 + 1], act[_P0 + 2], act[_P0 + 3], act[_P0 + 6]
+        start, shift, add = act[_P0 + 1], act[_P0 + 3], act[_P0 + 6]
         rounds = shift > 0
         bias = (act[_P0 + 5] - half_even) if rounds else 0
         lsb = 1 if rounds and half_even else 0
-        for p in range(acc.size):
-            bn = _batchnorm(acc[p], x_term[p], w_term, bn_mul, bn_shift, bn_add, narrow)
-            q = _mul(bn - start, mul, narrow)
-            dst[p] = min(max(((q + bias + ((q >> shift) & lsb)) >> shift) + add, 0), 255)
+        k = w_term * bn_mul + ((bn_add - start + bias) << bn_shift)
+        if narrow:  # two copies of the loop, each with its multiply
+            _relu(acc, x_term, bn_mul, k, shift, bn_shift, lsb << bn_shift, add, True, dst)
+        else:
+            _relu(acc, x_term, bn_mul, k, shift, bn_shift, lsb << bn_shift, add, False, dst)
     elif kind == PIECEWISE:
         for p in range(acc.size):
             bn = _batchnorm(acc[p], x_term[p], w_term, bn_mul, bn_shift, bn_add, narrow)
@@ -487,18 +503,57 @@ def _finish_conv(
                       mode, h, w, index, flat, plane, values[o], out[o])
 
 
+TapWeights = npt.NDArray[np.int16] | npt.NDArray[np.int32]
+"""Depthwise weights: int16 where they fit (8-bit weights, folded or not), else int32."""
+
+
+@numba.njit(inline="always")
+def _taps(src: UInt8Array, weights: TapWeights, k: int, stride: int,
+          out: npt.NDArray[np.int32]) -> None:  # pragma: no cover - jitted
+    """One channel's 1x1 or 3x3 window sums over its flat padded plane ``src``, all taps of
+    a pixel at once (one pass over ``out``, not one a tap).
+
+    Each product is exact in int32 and is written as one (a pixel and an int16 weight make
+    16-bit multiplies, which vectorise twice as wide): less than half the time of int32
+    multiplies on the face model's large maps, measured.
+    """
+    n = out.size
+    if k == 1:
+        w0 = weights[0]
+        for p in range(n):
+            out[p] = np.int32(np.int16(src[p]) * w0)
+        return
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = (weights[0], weights[1], weights[2], weights[3],
+                                          weights[4], weights[5], weights[6], weights[7],
+                                          weights[8])
+    mid, low = stride, 2 * stride  # the runs start at each tap, so every index is p
+    t0, t1, t2 = src[0:n], src[1 : n + 1], src[2 : n + 2]
+    t3, t4, t5 = src[mid : mid + n], src[mid + 1 : mid + 1 + n], src[mid + 2 : mid + 2 + n]
+    t6, t7, t8 = src[low : low + n], src[low + 1 : low + 1 + n], src[low + 2 : low + 2 + n]
+    for p in range(n):
+        v = np.int32(np.int16(t0[p]) * w0)
+        v = np.int32(v + np.int32(np.int16(t1[p]) * w1))
+        v = np.int32(v + np.int32(np.int16(t2[p]) * w2))
+        v = np.int32(v + np.int32(np.int16(t3[p]) * w3))
+        v = np.int32(v + np.int32(np.int16(t4[p]) * w4))
+        v = np.int32(v + np.int32(np.int16(t5[p]) * w5))
+        v = np.int32(v + np.int32(np.int16(t6[p]) * w6))
+        v = np.int32(v + np.int32(np.int16(t7[p]) * w7))
+        out[p] = np.int32(v + np.int32(np.int16(t8[p]) * w8))
+
+
 @numba.njit(nogil=True, cache=True)
 def _depthwise(
-    planes: UInt8Array, weights: npt.NDArray[np.int64], k: int, folded: bool, arg_x: int,
-    shift_x: int, w_term: Int64Array, bn_mul: Int64Array, bn_shift: Int64Array, bn_add: Int64Array,
+    planes: UInt8Array, weights: TapWeights, k: int, folded: bool, arg_x: int, shift_x: int,
+    w_term: Int64Array, bn_mul: Int64Array, bn_shift: Int64Array, bn_add: Int64Array,
     act: tuple[int, ...], lut: UInt8Array, mode: int, h: int, w: int, values: Int64Array,
     out: UInt8Array,
 ) -> None:  # pragma: no cover - jitted
     """Depthwise 1x1 or 3x3 convolution over padded planes, then the epilogue, a channel at
     a time (its sums stay in cache).
 
-    Each tap adds a shifted run of the flattened padded plane to the whole output plane at
-    once (rows ``w + 2`` apart, two columns of each discarded): long loops that vectorise.
+    The taps are shifted runs of the flattened padded plane (rows ``w + 2`` apart, two
+    columns of each discarded), so the loop over the whole plane is long and vectorises.
     The sums are int32: :meth:`PreparedConv.from_conv` keeps them below 2**31. ``folded``
     says the weights hold the arg_x term (:func:`_x_fold`): then no sum of inputs is kept
     and the epilogue adds zeros (cheaper than a second version of its loops).
@@ -508,25 +563,15 @@ def _depthwise(
     n = h * stride
     acc = np.empty(n, np.int32)
     sums = np.empty(n, np.int32)
+    ones = np.ones_like(weights[0])
     x_term = np.zeros(n, np.int64)
     index = np.empty(n, np.int32)
     flat = np.empty(n, np.uint8)
     plane = np.empty((h, w), np.uint8)
     for ch in range(c):
-        acc[:] = 0
+        _taps(planes[ch], weights[ch], k, stride, acc)
         if not folded:
-            sums[:] = 0
-        for ky in range(k):
-            for kx in range(k):
-                offset = ky * stride + kx
-                src = planes[ch, offset : offset + n]
-                wk = np.int32(weights[ch, ky * k + kx])
-                for p in range(n):
-                    acc[p] += np.int32(src[p]) * wk
-                if not folded:
-                    for p in range(n):
-                        sums[p] += np.int32(src[p])
-        if not folded:
+            _taps(planes[ch], ones, k, stride, sums)
             _x_terms(sums, 0, arg_x, shift_x, act[3] != 0, x_term)
         _finish_plane(acc, x_term, w_term[ch], bn_mul[ch], bn_shift[ch], bn_add[ch], act, lut,
                       mode, h, w, index, flat, plane, values[ch], out[ch])
@@ -589,7 +634,7 @@ class PreparedConv:
     w_gemm: GemmWeights | None
     """Regular convs: the (oc + 1, ic taps) GEMM weights, with a last row of ones that sums
     the inputs."""
-    w_int: npt.NDArray[np.int64] | None
+    w_int: TapWeights | None
     """Integer weights for depthwise layers, holding the arg_x term where it folds in
     (:func:`_x_fold`)."""
     x_fold: int | None
@@ -606,15 +651,18 @@ class PreparedConv:
         conv_range = _conv_range(conv, w_term, sum_w)
         reach = _reachable(conv, conv_range)
         relu = activation.relu_segment(*reach)
+        relu_shift = None if relu is None else _fused_relu(conv, conv_range, w_term,
+                                                           activation, relu)
+        relu = None if relu_shift is None else relu
         pieces = None if relu is not None else activation.pieces(*reach)
         lut = activation.lookup_table(*reach) if relu is None and pieces is None else None
         chosen = [relu] if relu is not None else pieces or []
-        narrow = _narrow(conv, conv_range, reach, activation, chosen)
-        act = _activation_params(activation, relu, pieces, lut, narrow)
+        narrow = _narrow(conv, conv_range, w_term, reach, activation, chosen)
+        act = _activation_params(activation, relu, relu_shift, pieces, lut, narrow)
         if arg.depthwise:
             fold = _x_fold(conv)
-            w_int = np.ascontiguousarray(w64 if fold is None else w64 + fold)
-            return cls(conv, activation, lut, act, w_term, 0, None, w_int, fold)
+            return cls(conv, activation, lut, act, w_term, 0, None,
+                       _tap_weights(w64 if fold is None else w64 + fold), fold)
         ones = np.ones((1, conv.weights.shape[1]), conv.weights.dtype)
         w_gemm = gemm_weights(np.vstack([conv.weights, ones]))
         offset = input_offset()
@@ -720,6 +768,13 @@ class PreparedConv:
         return self._row_cache[(lo, hi)]
 
 
+def _tap_weights(weights: Int64Array) -> TapWeights:
+    """Depthwise weights as :func:`_taps` multiplies them."""
+    if np.abs(weights).max() < 1 << 15:
+        return weights.astype(np.int16)
+    return weights.astype(np.int32)
+
+
 def _x_fold(conv: KpuConv) -> int | None:
     """``arg_x >> shift_x`` where adding it to a depthwise layer's weights gives its arg_x
     term exactly and keeps its sums in int32, else None.
@@ -756,28 +811,64 @@ def _reachable(conv: KpuConv, conv_range: tuple[Int64Array, Int64Array]) -> tupl
     return int(np.minimum(*ends).min()), int(np.maximum(*ends).max())
 
 
-def _narrow(conv: KpuConv, conv_range: tuple[Int64Array, Int64Array], reach: tuple[int, int],
-            activation: Activation, chosen: list[int]) -> bool:
+def _narrow(conv: KpuConv, conv_range: tuple[Int64Array, Int64Array], w_term: Int64Array,
+            reach: tuple[int, int], activation: Activation, chosen: list[int]) -> bool:
     """Whether every factor the kernels multiply fits int32 (see :func:`_mul`): ``arg_x``
-    by ``sum(x)``, the conv sum by ``bn_mul``, and a batch-norm value less a chosen
-    segment's start by its ``mul``."""
+    by ``sum(x)``, the conv sum (with or without ``w_term``) by ``bn_mul``, and a
+    batch-norm value less a chosen segment's start by its ``mul``."""
     low, high = conv_range
     factors = [conv.arg.arg_x, 255 * conv.weights.shape[1], low.min(), high.max(),
-               conv.bn_mul.min(), conv.bn_mul.max()]
+               (low - w_term).min(), (high - w_term).max(), conv.bn_mul.min(),
+               conv.bn_mul.max()]
     for s in chosen:
         factors += [reach[0] - activation.start[s], reach[1] - activation.start[s],
                     activation.mul[s]]
     return all(-(1 << 31) <= int(f) < 1 << 31 for f in factors)
 
 
-def _activation_params(activation: Activation, relu: int | None, pieces: list[int] | None,
-                       lut: tuple[int, UInt8Array] | None, narrow: bool) -> tuple[int, ...]:
-    """The ``act`` tuple of :func:`_finish_plane`."""
+def _fused_relu(conv: KpuConv, conv_range: tuple[Int64Array, Int64Array], w_term: Int64Array,
+                activation: Activation, s: int) -> int | None:
+    """The shift left of ReLU segment ``s`` once its ``mul`` is taken out, where the RELU
+    kernel computes it exactly (see :func:`_finish_plane`), else None.
+
+    ``mul`` must be a power of two, ``2**k`` with ``k <= shift``: then ``(q * mul) >>
+    shift`` and its rounding are ``q >> (shift - k)``'s, every compared bit scaled alike.
+    Every channel's folded sum must stay in int64, and its shift below 64.
+    """
+    mul, shift = int(activation.mul[s]), int(activation.shift[s])
+    k = mul.bit_length() - 1
+    if mul <= 0 or mul != 1 << k or k > shift:
+        return None
+    shift -= k
+    start = int(activation.start[s])
+    low, high = conv_range
+    for o in range(len(w_term)):
+        bn_mul, bn_shift, w = int(conv.bn_mul[o]), int(conv.bn_shift[o]), int(w_term[o])
+        if bn_shift + shift > 62:
+            return None
+        sum_c = max(abs(int(low[o]) - w), abs(int(high[o]) - w)) * abs(bn_mul)
+        consts = abs(w * bn_mul) + (abs(int(conv.bn_add[o]) - start) + (2 << shift) << bn_shift)
+        if sum_c + consts >= 1 << 62:
+            return None
+    return shift
+
+
+def _activation_params(activation: Activation, relu: int | None, relu_shift: int | None,
+                       pieces: list[int] | None, lut: tuple[int, UInt8Array] | None,
+                       narrow: bool) -> tuple[int, ...]:
+    """The ``act`` tuple of :func:`_finish_plane`; a RELU's piece has ``mul`` 1 and its
+    ``shift`` is ``relu_shift`` (see :func:`_fused_relu`)."""
     fields = [getattr(activation, name) for name in PIECE_FIELDS]
     never = (np.iinfo(np.int64).max, 0, 0, 0, 0, 1, 0)  # a piece no value reaches
 
     def piece(s: int | None) -> tuple[int, ...]:
-        return never if s is None else tuple(int(f[s]) for f in fields)
+        if s is None:
+            return never
+        values = [int(f[s]) for f in fields]
+        if s == relu and relu_shift is not None:
+            values[2:6] = [1, relu_shift, (1 << relu_shift) - 1,
+                           1 << relu_shift - 1 if relu_shift else 1]
+        return tuple(values)
 
     if relu is not None:
         kind, chosen = RELU, [relu]
