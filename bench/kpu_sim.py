@@ -1,7 +1,9 @@
 """Simulated-KPU throughput per fixture model, against this machine's float32 GEMM.
 
-For each kmodel: MACs per frame, frames per second and GMAC/s of the simulator, and the
-same machine's float32 GEMM throughput measured in this run, as a ratio. Prints figures
+For each kmodel: MACs per frame, then frames per second, GMAC/s and their ratio to the
+same machine's float32 GEMM throughput (all cores, measured in this run) two ways: one
+frame at a time with its layers split across every core (a single camera's latency), and
+one frame per core at once, each on one lane (many cameras' throughput). Prints figures
 only; nothing here asserts on time.
 
     python bench/kpu_sim.py [--seconds 3] [KMODEL ...]
@@ -10,8 +12,10 @@ only; nothing here asserts on time.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +24,7 @@ import numpy as np
 from edged.kpu.kmodel import load_kmodel
 from edged.kpu.report import random_inputs
 from edged.kpu.sim.executor import create_executor
+from edged.kpu.sim.lanes import Lanes
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "kmodels"
 
@@ -54,6 +59,35 @@ def model_rate(path: Path, seconds: float) -> tuple[int, float]:
     return model.macs, 1 / statistics.median(times)
 
 
+def streams_rate(path: Path, seconds: float, streams: int) -> float:
+    """Frames per second of ``streams`` executors of one lane each, all running at once on
+    their own threads for about ``seconds``."""
+    model = load_kmodel(path)
+    inputs = random_inputs(model)
+    executors = [create_executor(model, lanes=Lanes(1)) for _ in range(streams)]
+    for executor in executors:
+        executor.run(inputs)
+    frames = [0] * streams
+    start = threading.Barrier(streams + 1)
+    deadline = 0.0
+
+    def run(i: int) -> None:
+        start.wait()
+        while time.perf_counter() < deadline:
+            executors[i].run(inputs)
+            frames[i] += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    began = time.perf_counter()
+    deadline = began + seconds
+    start.wait()
+    for thread in threads:
+        thread.join()
+    return sum(frames) / (time.perf_counter() - began)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path, help="kmodels (default: the fixtures)")
@@ -64,16 +98,22 @@ def main() -> int:
         print(f"no kmodels given and none in {FIXTURES}", file=sys.stderr)
         return 1
     gemm = gemm_gmacs(args.seconds)
-    print(f"float32 GEMM (1024^3, BLAS): {gemm:.1f} GMAC/s = {2 * gemm:.1f} GFLOP/s\n")
-    print(f"{'model':<28} {'MACs/frame':>14} {'fps':>9} {'GMAC/s':>8} {'of GEMM':>8}")
+    cores = len(os.sched_getaffinity(0))
+    print(f"float32 GEMM (1024^3, BLAS, {cores} cores): {gemm:.1f} GMAC/s"
+          f" = {2 * gemm:.1f} GFLOP/s\n")
+    print(f"{'':<43} {'one frame at a time':^28} {f'{cores} frames at once':^28}")
+    print(f"{'model':<28} {'MACs/frame':>14}" + f" {'fps':>9} {'GMAC/s':>8} {'of GEMM':>8}" * 2)
     for path in paths:
         try:
             macs, fps = model_rate(path, args.seconds)
         except Exception as exc:
             print(f"{path.stem:<28} refused: {exc}")
             continue
-        rate = macs * fps / 1e9
-        print(f"{path.stem:<28} {macs:>14,} {fps:>9.1f} {rate:>8.2f} {rate / gemm:>8.1%}")
+        line = f"{path.stem:<28} {macs:>14,}"
+        for rate in (fps, streams_rate(path, args.seconds, cores)):
+            gmacs = macs * rate / 1e9
+            line += f" {rate:>9.1f} {gmacs:>8.2f} {gmacs / gemm:>8.1%}"
+        print(line)
     return 0
 
 

@@ -324,7 +324,8 @@ def test_depthwise_layers_fold_arg_x_into_their_weights(
             conv, weights=rng.integers(0, 1 << 16, conv.weights.shape).astype(np.uint16))
     prepared = PreparedConv.from_conv(conv, "half-even")
     assert prepared.x_fold == (fold if folds else None)
-    assert prepared.w_int is not None and prepared.w_int.dtype == (np.int32 if wide else np.int16)
+    assert prepared.w_int is not None
+    assert prepared.w_int.dtype == (np.int32 if wide else np.int16)
     for x in (rng.integers(0, 256, (6, 5, 7)).astype(np.uint8), np.full((6, 5, 7), 255, np.uint8)):
         np.testing.assert_array_equal(prepared.run(x), ref_conv(conv, x, True))
 

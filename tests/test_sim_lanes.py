@@ -13,7 +13,7 @@ import pytest
 from edged.kpu.kmodel.kpu_regs import PoolType
 from edged.kpu.sim import kpu_kernels
 from edged.kpu.sim.kpu_kernels import PreparedConv
-from edged.kpu.sim.lanes import CHUNKS_PER_LANE, MIN_SPLIT, Lanes
+from edged.kpu.sim.lanes import CHUNKS_PER_LANE, MIN_SPLIT, TRIALS, Lanes, SplitChoice
 from tests.test_kpu_kernels import nncase_like_conv, random_conv, unsorted_starts
 
 
@@ -40,6 +40,43 @@ def test_ranges_cover_every_item_once_on_every_lane() -> None:
     seen.clear()
     lanes.split(1, MIN_SPLIT, work)  # one channel cannot be split
     assert [(lo, hi) for lo, hi, _ in seen] == [(0, 1)]
+
+
+def test_a_split_choice_times_both_ways_then_keeps_the_faster() -> None:
+    """The first run splits untimed; then TRIALS timed runs each way, alternating; the best
+    time of each way decides, so one slow outlier does not."""
+    for split_time, whole_time, keeps in ((1.0, 2.0, True), (2.0, 1.0, False)):
+        choice = SplitChoice()
+        ways = []
+        while not choice.settled:
+            split = choice.split_next()
+            ways.append(split)
+            slow = len(ways) == 2  # an outlier on the first timed run
+            choice.record(split, 9.0 if slow else split_time if split else whole_time)
+        assert ways == [True] + [False, True] * TRIALS
+        assert choice.split_next() is keeps
+        choice.record(keeps, 100.0)  # settled: later times change nothing
+        assert choice.split_next() is keeps
+
+
+@pytest.mark.parametrize("split_pays", [True, False])
+def test_a_layer_settles_on_the_faster_way(split_pays: bool) -> None:
+    """Work whose halves take much less than the whole makes splitting pay; work whose
+    halves take more than the whole does not. Either way every item is covered each run."""
+    lanes, choice = Lanes(2), SplitChoice()
+    calls: list[list[tuple[int, int]]] = []
+
+    def work(lo: int, hi: int) -> None:
+        whole = hi - lo == 8
+        time.sleep(0.015 if whole != split_pays else 0.04)
+        calls[-1].append((lo, hi))
+
+    for _ in range(2 * TRIALS + 3):
+        calls.append([])
+        lanes.split(8, MIN_SPLIT, work, choice)
+        assert sorted(calls[-1]) in ([(0, 8)], [(0, 4), (4, 8)])
+    assert choice.settled
+    assert all(len(run) == (2 if split_pays else 1) for run in calls[-2:])
 
 
 def test_an_error_in_a_helper_reaches_the_caller() -> None:

@@ -35,7 +35,7 @@ import numpy.typing as npt
 from edged.kpu.kmodel.kpu_regs import KpuConv, PoolType, RowLayout
 from edged.kpu.sim.executor import Rounding
 from edged.kpu.sim.int_gemm import GemmWeights, exact_matmul, gemm_weights, input_offset
-from edged.kpu.sim.lanes import Lanes, machine_lanes
+from edged.kpu.sim.lanes import Lanes, SplitChoice, machine_lanes
 
 UInt8Array = npt.NDArray[np.uint8]
 Int64Array = npt.NDArray[np.int64]
@@ -639,6 +639,8 @@ class PreparedConv:
     (:func:`_x_fold`)."""
     x_fold: int | None
     _row_cache: dict[tuple[int, int], GemmWeights] = field(default_factory=dict, repr=False)
+    _split_choices: dict[int, SplitChoice] = field(default_factory=dict, repr=False)
+    """Per count of lanes, whether this layer runs faster split (see :class:`SplitChoice`)."""
 
     @classmethod
     def from_conv(cls, conv: KpuConv, rounding: Rounding) -> PreparedConv:
@@ -681,16 +683,18 @@ class PreparedConv:
         per_value = self.act[0] == PER_VALUE
         values = np.empty((oc, h, w) if per_value else (oc, 0, 0), np.int64)
         lanes = lanes or machine_lanes()
+        choice = self._split_choices.setdefault(lanes.count, SplitChoice())
         if self.w_int is not None:
             lanes.split(oc, oc * h * w,
-                        lambda lo, hi: self._depthwise(planes, lo, hi, values, out))
+                        lambda lo, hi: self._depthwise(planes, lo, hi, values, out), choice)
         elif (rows := self._tile_rows(h, w)) < h:
             lanes.split(-(-h // rows), oc * h * w,
-                        lambda first, last: self._tiles(planes, first, last, rows, values, out))
+                        lambda first, last: self._tiles(planes, first, last, rows, values, out),
+                        choice)
         else:
             columns = self._columns(planes, 0, h)
             lanes.split(oc, oc * h * w, lambda lo, hi: self._finish(
-                columns, lo, hi, h, values[lo:hi], out[lo:hi]))
+                columns, lo, hi, h, values[lo:hi], out[lo:hi]), choice)
         if not per_value:
             return out
         return kpu_pool(self.activation(values).reshape(oc, h, w), pool)

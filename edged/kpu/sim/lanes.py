@@ -2,7 +2,8 @@
 
 The simulated KPU, like the chip, runs one frame at a time. To use more than one core for
 that frame, each large layer's channels or tiles are split into ranges that run at once on
-helper threads: the numba kernels, onnxruntime and BLAS release the GIL. BLAS is then held to one
+helper threads (the numba kernels, onnxruntime and BLAS release the GIL), where timing the
+layer both ways showed that it pays (:class:`SplitChoice`). BLAS is then held to one
 thread per caller, for two reasons measured on a 2-core machine: two callers of a
 multi-threaded OpenBLAS oversubscribe the cores, and its idle workers spin at full load
 between calls, taking a core from everything else.
@@ -10,8 +11,10 @@ between calls, taking a core from everything else.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -21,6 +24,9 @@ from threadpoolctl import threadpool_limits
 MIN_SPLIT = 20_000
 """Output values below which a layer runs whole: handing half of it to another thread costs
 more than the half (tens of microseconds). 5k, 10k and 20k measured alike."""
+
+TRIALS = 3
+"""Timed runs each way before a :class:`SplitChoice` settles."""
 
 CHUNKS_PER_LANE = 1
 """Ranges per lane. The lanes take ranges in turn, so the caller runs a late helper's range
@@ -42,18 +48,66 @@ class Lanes:
             threadpool_limits(1, user_api="blas")
             self._helpers = ThreadPoolExecutor(count - 1, thread_name_prefix="edged-lane")
 
-    def split(self, items: int, values: int, work: Callable[[int, int], None]) -> None:
+    def split(self, items: int, values: int, work: Callable[[int, int], None],
+              choice: SplitChoice | None = None) -> None:
         """``work(lo, hi)`` over consecutive ranges covering ``range(items)``, on all lanes
-        when the layer computes at least MIN_SPLIT ``values``, else in the caller alone."""
+        when the layer computes at least MIN_SPLIT ``values`` and its ``choice`` (if any)
+        says so, else in the caller alone."""
         parts = min(CHUNKS_PER_LANE * self.count, items) if values >= MIN_SPLIT else 1
         if self._helpers is None or parts == 1:
             work(0, items)
             return
+        if choice is None or choice.settled:
+            self._run(items, parts if choice is None or choice.split_next() else 1, work)
+            return
+        split = choice.split_next()
+        started = time.perf_counter()
+        self._run(items, parts if split else 1, work)
+        choice.record(split, time.perf_counter() - started)
+
+    def _run(self, items: int, parts: int, work: Callable[[int, int], None]) -> None:
+        if parts == 1:
+            work(0, items)
+            return
+        assert self._helpers is not None
         ranges = _Ranges(work, [items * i // parts for i in range(parts + 1)])
         for _ in range(self.count - 1):
             self._helpers.submit(ranges.drain)
         ranges.drain()
         ranges.wait()
+
+
+class SplitChoice:
+    """Whether one layer runs faster split across the lanes or whole, found by timing it.
+
+    A split costs waking the helpers (20-50 µs on a 2-core VM, where waking an idle vCPU
+    takes an interrupt) and the lanes then share the L3 cache's bandwidth, so whether it
+    pays depends on the machine, the layer's shape and its activation. Measured on such a
+    VM: the face model's first layer ran 1.4 times as fast split, its 1x1 layers 0.7 to 0.9
+    times; VOC20's large layers 1.1 to 1.6 times. So the first run splits (untimed: it may
+    compile or fault pages in), the next TRIALS runs each way alternate, and the way with
+    the better best time is kept. The bytes never depend on it, only the time.
+    """
+
+    def __init__(self) -> None:
+        self._best = [math.inf, math.inf]  # whole, split
+        self._runs = 0
+
+    @property
+    def settled(self) -> bool:
+        return self._runs > 2 * TRIALS
+
+    def split_next(self) -> bool:
+        """Whether the next run splits."""
+        if self.settled:
+            return self._best[1] < self._best[0]
+        return self._runs % 2 == 0
+
+    def record(self, split: bool, seconds: float) -> None:
+        """The time of a run made as :meth:`split_next` said."""
+        if self._runs:
+            self._best[split] = min(self._best[split], seconds)
+        self._runs += 1
 
 
 class _Ranges:
