@@ -56,6 +56,7 @@ async def measure(
                           stats_interval=seconds)
     arrivals: dict[str, list[float]] = defaultdict(list)
     latencies: dict[str, list[float]] = defaultdict(list)
+    frames: dict[str, list[int]] = defaultdict(list)
     with DaemonProcess(config, workdir) as daemon:
         assert daemon.proc is not None
         async with aiomqtt.Client(broker.host, broker.port) as client:
@@ -75,15 +76,21 @@ async def measure(
                     body = json.loads(message.payload)
                     arrivals[body["camera"]].append(now)
                     latencies[body["camera"]].append(body["latency_ms"])
+                    frames[body["camera"]].append(body["frame"])
             cpu = (cpu_seconds(daemon.proc.pid) - cpu0) / seconds / (os.cpu_count() or 1)
         daemon.stop()
     return {
         camera: {"fps": len(arrivals[camera]) / seconds,
                  "p50": float(np.percentile(latencies[camera], 50)),
                  "p99": float(np.percentile(latencies[camera], 99)),
-                 "dropped": 30 * seconds - len(arrivals[camera]), "cpu": cpu}
+                 "dropped": _missing(frames[camera]), "cpu": cpu}
         for camera in sorted(arrivals)
     }
+
+
+def _missing(frames: list[int]) -> int:
+    """Frames of a camera's numbered run that were never published (dropped)."""
+    return max(frames) - min(frames) + 1 - len(set(frames))
 
 
 def main() -> int:

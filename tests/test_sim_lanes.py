@@ -55,7 +55,9 @@ def test_a_split_choice_times_both_ways_then_keeps_the_faster() -> None:
             choice.record(split, 9.0 if slow else split_time if split else whole_time)
         assert ways == [True] + [False, True] * TRIALS
         assert choice.split_next() is keeps
-        choice.record(keeps, 100.0)  # settled: later times change nothing
+        for _ in range(2 * TRIALS + 1):  # settled: later times change nothing
+            choice.record(keeps, 100.0)
+            choice.record(not keeps, 0.0)
         assert choice.split_next() is keeps
 
 

@@ -57,13 +57,11 @@ class Lanes:
         if self._helpers is None or parts == 1:
             work(0, items)
             return
-        if choice is None or choice.settled:
-            self._run(items, parts if choice is None or choice.split_next() else 1, work)
-            return
-        split = choice.split_next()
+        split = choice is None or choice.split_next()
         started = time.perf_counter()
         self._run(items, parts if split else 1, work)
-        choice.record(split, time.perf_counter() - started)
+        if choice is not None:
+            choice.record(split, time.perf_counter() - started)
 
     def _run(self, items: int, parts: int, work: Callable[[int, int], None]) -> None:
         if parts == 1:
@@ -104,7 +102,9 @@ class SplitChoice:
         return self._runs % 2 == 0
 
     def record(self, split: bool, seconds: float) -> None:
-        """The time of a run made as :meth:`split_next` said."""
+        """The time of a run made as :meth:`split_next` said (ignored once settled)."""
+        if self.settled:
+            return
         if self._runs:
             self._best[split] = min(self._best[split], seconds)
         self._runs += 1
