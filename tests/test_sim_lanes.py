@@ -13,7 +13,14 @@ import pytest
 from edged.kpu.kmodel.kpu_regs import PoolType
 from edged.kpu.sim import kpu_kernels
 from edged.kpu.sim.kpu_kernels import PreparedConv
-from edged.kpu.sim.lanes import CHUNKS_PER_LANE, MIN_SPLIT, TRIALS, Lanes, SplitChoice
+from edged.kpu.sim.lanes import (
+    CHUNKS_PER_LANE,
+    MIN_SPLIT,
+    SPLIT_MARGIN,
+    TRIALS,
+    Lanes,
+    SplitChoice,
+)
 from tests.test_kpu_kernels import nncase_like_conv, random_conv, unsorted_starts
 
 
@@ -44,8 +51,11 @@ def test_ranges_cover_every_item_once_on_every_lane() -> None:
 
 def test_a_split_choice_times_both_ways_then_keeps_the_faster() -> None:
     """The first run splits untimed; then TRIALS timed runs each way, alternating; the best
-    time of each way decides, so one slow outlier does not."""
-    for split_time, whole_time, keeps in ((1.0, 2.0, True), (2.0, 1.0, False)):
+    time of each way decides, so one slow outlier does not, and a split must be faster by
+    SPLIT_MARGIN."""
+    for split_time, whole_time, keeps in ((1.0, 2.0, True), (2.0, 1.0, False),
+                                          (0.95 * SPLIT_MARGIN, 1.0, True),
+                                          (1.05 * SPLIT_MARGIN, 1.0, False)):
         choice = SplitChoice()
         ways = []
         while not choice.settled:

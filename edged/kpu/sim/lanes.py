@@ -25,8 +25,12 @@ MIN_SPLIT = 20_000
 """Output values below which a layer runs whole: handing half of it to another thread costs
 more than the half (tens of microseconds). 5k, 10k and 20k measured alike."""
 
-TRIALS = 3
+TRIALS = 5
 """Timed runs each way before a :class:`SplitChoice` settles."""
+
+SPLIT_MARGIN = 0.85
+"""How much faster a split must have been to be kept: its helper's work also slows the
+layers around it (they share L3 and wake-ups), and a layer's few timed runs are noisy."""
 
 CHUNKS_PER_LANE = 1
 """Ranges per lane. The lanes take ranges in turn, so the caller runs a late helper's range
@@ -83,8 +87,9 @@ class SplitChoice:
     pays depends on the machine, the layer's shape and its activation. Measured on such a
     VM: the face model's first layer ran 1.4 times as fast split, its 1x1 layers 0.7 to 0.9
     times; VOC20's large layers 1.1 to 1.6 times. So the first run splits (untimed: it may
-    compile or fault pages in), the next TRIALS runs each way alternate, and the way with
-    the better best time is kept. The bytes never depend on it, only the time.
+    compile or fault pages in), the next TRIALS runs each way alternate, and the split is
+    kept if its best time beat the whole's by SPLIT_MARGIN. The bytes never depend on it,
+    only the time.
     """
 
     def __init__(self) -> None:
@@ -98,7 +103,7 @@ class SplitChoice:
     def split_next(self) -> bool:
         """Whether the next run splits."""
         if self.settled:
-            return self._best[1] < self._best[0]
+            return self._best[1] < SPLIT_MARGIN * self._best[0]
         return self._runs % 2 == 0
 
     def record(self, split: bool, seconds: float) -> None:
