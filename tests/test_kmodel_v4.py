@@ -1259,7 +1259,7 @@ def test_chained_kpu_convs_hand_over_unless_the_map_is_read_later(read_at_end: b
     assert isinstance(first_node, KpuConv2d)
     assert isinstance(second_node, KpuConv2d)
     executor = create_executor(model)
-    assert (first_node.index in executor._handed_over) is not read_at_end  # type: ignore[attr-defined]
+    assert (first_node.index in executor._handoff.handed) is not read_at_end  # type: ignore[attr-defined]
     outputs = executor.run([x])
     first = PreparedConv.from_conv(first_node.conv, "half-even").run(x[0])
     second = PreparedConv.from_conv(second_node.conv, "half-even").run(first)

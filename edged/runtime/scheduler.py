@@ -64,8 +64,6 @@ class Flow:
     latency: LatencyWindow = field(default_factory=LatencyWindow)
 
 
-
-
 @dataclass(frozen=True, eq=False)
 class _Job:
     frame: Frame

@@ -11,6 +11,9 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from edged.kpu.kmodel.kpu_regs import KpuLayerArgument
 
 Region = tuple[int, int]
@@ -68,6 +71,21 @@ def handed_over(layers: Sequence[Access], final_reads: Sequence[Region] = ()) ->
             if not _overlaps(final_reads, live):
                 handed.add(layer.index)
     return frozenset(handed)
+
+
+class HandOff:
+    """During a run, the map a convolution handed straight to the next one: an executor's
+    one piece of hand-over state, reset at the start of each run."""
+
+    def __init__(self, layers: Sequence[Access], final_reads: Sequence[Region] = ()) -> None:
+        self.handed = handed_over(layers, final_reads)
+        self.map: npt.NDArray[np.uint8] | None = None
+
+    def keep(self, index: int, fmap: npt.NDArray[np.uint8]) -> bool:
+        """Hold convolution ``index``'s output for the next convolution if it hands over;
+        whether it did (if not, the caller writes it to KPU RAM)."""
+        self.map = fmap if index in self.handed else None
+        return self.map is not None
 
 
 def _overlaps(regions: Sequence[Region], live: Sequence[Region]) -> bool:

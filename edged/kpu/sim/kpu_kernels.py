@@ -652,15 +652,12 @@ class PreparedConv:
         activation = Activation.from_conv(conv, rounding)
         conv_range = _conv_range(conv, w_term, sum_w)
         reach = _reachable(conv, conv_range)
-        relu = activation.relu_segment(*reach)
-        relu_shift = None if relu is None else _fused_relu(conv, conv_range, w_term,
-                                                           activation, relu)
-        relu = None if relu_shift is None else relu
+        relu = _fused_relu(conv, conv_range, w_term, activation, reach)
         pieces = None if relu is not None else activation.pieces(*reach)
         lut = activation.lookup_table(*reach) if relu is None and pieces is None else None
-        chosen = [relu] if relu is not None else pieces or []
+        chosen = [relu[0]] if relu is not None else pieces or []
         narrow = _narrow(conv, conv_range, w_term, reach, activation, chosen)
-        act = _activation_params(activation, relu, relu_shift, pieces, lut, narrow)
+        act = _activation_params(activation, relu, pieces, lut, narrow)
         if arg.depthwise:
             fold = _x_fold(conv)
             return cls(conv, activation, lut, act, w_term, 0, None,
@@ -683,7 +680,9 @@ class PreparedConv:
         per_value = self.act[0] == PER_VALUE
         values = np.empty((oc, h, w) if per_value else (oc, 0, 0), np.int64)
         lanes = lanes or machine_lanes()
-        choice = self._split_choices.setdefault(lanes.count, SplitChoice())
+        choice = self._split_choices.get(lanes.count)
+        if choice is None:
+            choice = self._split_choices[lanes.count] = SplitChoice()
         if self.w_int is not None:
             lanes.split(oc, oc * h * w,
                         lambda lo, hi: self._depthwise(planes, lo, hi, values, out), choice)
@@ -831,14 +830,18 @@ def _narrow(conv: KpuConv, conv_range: tuple[Int64Array, Int64Array], w_term: In
 
 
 def _fused_relu(conv: KpuConv, conv_range: tuple[Int64Array, Int64Array], w_term: Int64Array,
-                activation: Activation, s: int) -> int | None:
-    """The shift left of ReLU segment ``s`` once its ``mul`` is taken out, where the RELU
-    kernel computes it exactly (see :func:`_finish_plane`), else None.
+                activation: Activation, reach: tuple[int, int]) -> tuple[int, int] | None:
+    """The :meth:`Activation.relu_segment` of the batch-norm values in ``reach`` and the
+    shift left once its ``mul`` is taken out, where the RELU kernel computes it exactly
+    (see :func:`_finish_plane`), else None.
 
     ``mul`` must be a power of two, ``2**k`` with ``k <= shift``: then ``(q * mul) >>
     shift`` and its rounding are ``q >> (shift - k)``'s, every compared bit scaled alike.
     Every channel's folded sum must stay in int64, and its shift below 64.
     """
+    s = activation.relu_segment(*reach)
+    if s is None:
+        return None
     mul, shift = int(activation.mul[s]), int(activation.shift[s])
     k = mul.bit_length() - 1
     if mul <= 0 or mul != 1 << k or k > shift:
@@ -854,14 +857,14 @@ def _fused_relu(conv: KpuConv, conv_range: tuple[Int64Array, Int64Array], w_term
         consts = abs(w * bn_mul) + (abs(int(conv.bn_add[o]) - start) + (2 << shift) << bn_shift)
         if sum_c + consts >= 1 << 62:
             return None
-    return shift
+    return s, shift
 
 
-def _activation_params(activation: Activation, relu: int | None, relu_shift: int | None,
+def _activation_params(activation: Activation, relu: tuple[int, int] | None,
                        pieces: list[int] | None, lut: tuple[int, UInt8Array] | None,
                        narrow: bool) -> tuple[int, ...]:
-    """The ``act`` tuple of :func:`_finish_plane`; a RELU's piece has ``mul`` 1 and its
-    ``shift`` is ``relu_shift`` (see :func:`_fused_relu`)."""
+    """The ``act`` tuple of :func:`_finish_plane`; ``relu`` is a segment and the shift its
+    piece takes, with ``mul`` 1 (see :func:`_fused_relu`)."""
     fields = [getattr(activation, name) for name in PIECE_FIELDS]
     never = (np.iinfo(np.int64).max, 0, 0, 0, 0, 1, 0)  # a piece no value reaches
 
@@ -869,13 +872,13 @@ def _activation_params(activation: Activation, relu: int | None, relu_shift: int
         if s is None:
             return never
         values = [int(f[s]) for f in fields]
-        if s == relu and relu_shift is not None:
-            values[2:6] = [1, relu_shift, (1 << relu_shift) - 1,
-                           1 << relu_shift - 1 if relu_shift else 1]
+        if relu is not None:  # the one piece
+            shift = relu[1]
+            values[2:6] = [1, shift, (1 << shift) - 1, 1 << shift - 1 if shift else 1]
         return tuple(values)
 
     if relu is not None:
-        kind, chosen = RELU, [relu]
+        kind, chosen = RELU, [relu[0]]
     elif pieces is not None:
         kind, chosen = PIECEWISE, pieces
     else:

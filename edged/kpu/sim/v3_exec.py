@@ -22,7 +22,7 @@ from edged.kpu.kmodel import v3
 from edged.kpu.kmodel.kpu_regs import KPU_RAM_BYTES, RowLayout
 from edged.kpu.kmodel.model import KModel, Layer
 from edged.kpu.sim.executor import LayerObserver, Rounding, check_inputs
-from edged.kpu.sim.handover import Access, conv_access, handed_over
+from edged.kpu.sim.handover import Access, HandOff, conv_access
 from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_carry_shift, kpu_download, kpu_upload
 from edged.kpu.sim.lanes import Lanes
 
@@ -109,8 +109,7 @@ class V3Executor:
             for layer in self._program.layers
             if isinstance(layer, v3.Conv)
         }
-        self._handed_over = handed_over([_access(layer) for layer in self._program.layers])
-        self._handoff: npt.NDArray[np.uint8] | None = None
+        self._handoff = HandOff([_access(layer) for layer in self._program.layers])
         self._steps: dict[type[Layer], Callable[[Any], npt.NDArray[np.generic] | None]] = {
             v3.Conv: self._conv,
             v3.Add: self._add,
@@ -146,7 +145,7 @@ class V3Executor:
         (value,) = check_inputs(self.model.inputs, inputs)
         self._main.fill(0)
         self._kpu.fill(0)
-        self._handoff = None
+        self._handoff.map = None
         first = self._program.layers[0]
         if isinstance(first, v3.Conv):  # kpu_kmodel_input_with_padding / the input DMA
             kpu_upload(self._kpu, first.conv.arg.src_addr * 64, value)  # type: ignore[arg-type]
@@ -168,13 +167,12 @@ class V3Executor:
 
     def _conv(self, layer: v3.Conv) -> npt.NDArray[np.uint8]:
         arg = layer.conv.arg
-        x = self._handoff
+        x = self._handoff.map
         if x is None:
             x = kpu_download(self._kpu, arg.src_addr * 64, arg.in_channels, arg.in_height,
                              arg.in_width)
         y = self._convs[layer.index].run(x, self._lanes)
-        self._handoff = y if layer.index in self._handed_over else None
-        if self._handoff is None:
+        if not self._handoff.keep(layer.index, y):
             kpu_upload(self._kpu, arg.dst_addr * 64, y)
         if layer.main_mem_out is not None:
             self._u8(layer.main_mem_out, y.size)[:] = y.reshape(-1)

@@ -31,7 +31,7 @@ from edged.kpu.kmodel.kpu_regs import KPU_RAM_BYTES, kpu_rows
 from edged.kpu.kmodel.model import KModel
 from edged.kpu.sim import cpu_ops, neutral_ops
 from edged.kpu.sim.executor import LayerObserver, Rounding, check_inputs
-from edged.kpu.sim.handover import Access, Region, conv_access, handed_over
+from edged.kpu.sim.handover import Access, HandOff, Region, conv_access
 from edged.kpu.sim.kpu_kernels import PreparedConv, kpu_download, kpu_upload
 from edged.kpu.sim.lanes import Lanes
 from edged.kpu.sim.neutral_ops import F32, KernelFault, clamp, requantize
@@ -73,10 +73,9 @@ class V4Executor:
                           v4.MemoryType.K210_KPU: self._kpu}
         self._convs = {node.index: PreparedConv.from_conv(node.conv, rounding)
                        for node in self._nodes if isinstance(node, v4.KpuConv2d)}
-        self._handed_over = handed_over(
+        self._handoff = HandOff(
             [_access(node) for node in self._nodes],
             [_region(r) for r in p.outputs if r.memory is v4.MemoryType.K210_KPU])
-        self._handoff: npt.NDArray[np.uint8] | None = None
         self._steps: dict[type[v4.V4Node], Callable[[Any], Array | None]] = {
             v4.Binary: self._binary,
             v4.QuantizedBinary: self._quantized_binary,
@@ -131,7 +130,7 @@ class V4Executor:
         values = check_inputs(self.model.inputs, inputs)
         self._main.fill(0)
         self._kpu.fill(0)
-        self._handoff = None
+        self._handoff.map = None
         for r, value in zip(self._program.inputs, values, strict=True):
             self._store(r, value)
         for node in self._nodes:
@@ -307,8 +306,8 @@ class V4Executor:
 
     def _kpu_conv2d(self, n: v4.KpuConv2d) -> Array:
         arg = n.conv.arg
-        if self._handoff is not None:  # handed over by the previous convolution
-            ins = [self._handoff]
+        if self._handoff.map is not None:  # handed over by the previous convolution
+            ins = [self._handoff.map]
         else:
             ins = [kpu_download(self._kpu, (arg.src_addr + b * arg.in_rows) * 64,
                                 arg.in_channels, arg.in_height, arg.in_width)
@@ -316,8 +315,8 @@ class V4Executor:
         prepared = self._convs[n.index]
         maps = [prepared.run(x, self._lanes) for x in ins]
         out = maps[0][None] if len(maps) == 1 else np.stack(maps)  # no copy of one map
-        self._handoff = out[0] if n.index in self._handed_over else None
-        for b in range(n.batches if self._handoff is None else 0):
+        handed = self._handoff.keep(n.index, out[0])
+        for b in range(0 if handed else n.batches):
             kpu_upload(self._kpu, (arg.dst_addr + b * arg.out_rows) * 64, out[b])
         if n.main_out is not None:
             self._store(n.main_out, out)
