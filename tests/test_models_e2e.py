@@ -87,6 +87,8 @@ async def test_switch_by_mqtt_changes_the_model_exactly_at_the_reply(
     assert all(m.body["model"] == "voc20_v3" for m in after)
     assert all(d["label"] in VOC for m in after for d in m.body["detections"])
     assert stats["swaps"]["ok"] == 1
+    assert stats["swaps"]["failed"] == 0
+    assert stats["swaps"]["last_ms"] > 0
 
 
 async def test_load_beyond_maixpy_full_is_memory_overflow_and_changes_nothing(

@@ -16,7 +16,6 @@ See ``training/README.md`` for the architecture, data, loss and results.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import random
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from edged.camera.synthetic import SHAPE_LABELS, ShapesScene
-from edged.kpu.kmodel import parse_kmodel
+from edged.kpu.kmodel import KModel, parse_kmodel
 from edged.kpu.kmodel.build import ConvSpec, LeakyRelu, NetworkSpec, build_kmodel, float_forward
 from edged.kpu.kmodel.kpu_regs import PoolType
 from edged.kpu.sim.executor import create_executor
@@ -415,9 +414,9 @@ def manifest(sha256: str, anchors: Sequence[float], macs: int) -> str:
                            threshold=THRESHOLD, nms=NMS)
 
 
-def sim_agreement(data: bytes, spec: NetworkSpec, images: npt.NDArray[np.uint8]) -> float:
+def sim_agreement(kmodel: KModel, spec: NetworkSpec, images: npt.NDArray[np.uint8]) -> float:
     """Largest ``|kmodel on the simulated KPU - float_forward|`` over ``images``."""
-    executor = create_executor(parse_kmodel(data))
+    executor = create_executor(kmodel)
     worst = 0.0
     for image in images:
         got = np.asarray(executor.run([image])[0], np.float32)
@@ -471,8 +470,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     export_error = check_export(model, spec, validation.images[:8])
     data = build_kmodel(spec, batches(calibration.images, 8))
     kmodel = parse_kmodel(data)
-    sim_error = sim_agreement(data, spec, validation.images[:8])
-    sha256 = hashlib.sha256(data).hexdigest()
+    sim_error = sim_agreement(kmodel, spec, validation.images[:8])
+    sha256 = kmodel.sha256
 
     args.models.mkdir(parents=True, exist_ok=True)
     (args.models / "shapes.kmodel").write_bytes(data)

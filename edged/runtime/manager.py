@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
@@ -24,7 +24,6 @@ from edged.kpu.backend import KpuBackend, ModelHandle
 from edged.kpu.errors import KpuError
 from edged.kpu.sram import MemoryReport
 from edged.runtime.definitions import DefinitionError
-from edged.runtime.meters import LatencyWindow
 from edged.runtime.pipeline import Pipeline, PipelineDefinition, build_pipeline
 from edged.runtime.registry import ModelRegistry, UnknownModel
 
@@ -110,16 +109,13 @@ Announce = Callable[[Change], Awaitable[None]]
 
 
 @dataclass
-class SwapStats:
+class SwapCounts:
+    """What the stats report of swaps: how many worked, how many failed, the last one's time."""
+
     swaps: int = 0
     failed: int = 0
     last: float | None = None
     """Seconds the latest successful swap took."""
-    times: LatencyWindow = field(default_factory=lambda: LatencyWindow(100))
-
-    def as_dict(self) -> dict[str, object]:
-        p50, p99 = self.times.percentiles_ms(0.5, 0.99)
-        return {"swaps": self.swaps, "failed": self.failed, "p50_ms": p50, "p99_ms": p99}
 
 
 class ModelManager:
@@ -142,7 +138,7 @@ class ModelManager:
         self.preload = tuple(preload)
         self.allow = {k: tuple(v) for k, v in (allow or {}).items()}
         self.min_swap_interval = min_swap_interval
-        self.stats = SwapStats()
+        self.stats = SwapCounts()
         self._clock = clock
         self._lock = asyncio.Lock()
         self._resident: dict[str, ModelHandle] = {}
@@ -269,7 +265,6 @@ class ModelManager:
             self._activate(pipeline, bound, self._resident[model])
             self.stats.swaps += 1
             self.stats.last = change.seconds
-            self.stats.times.add(change.seconds)
             log.info("model_switched", **change.as_dict())
             return change
 
