@@ -16,6 +16,7 @@ from edged.kpu.sim.kpu_kernels import PreparedConv
 from edged.kpu.sim.lanes import (
     CHUNKS_PER_LANE,
     MIN_SPLIT,
+    SETTLING_RUNS,
     SPLIT_MARGIN,
     TRIALS,
     Lanes,
@@ -64,6 +65,7 @@ def test_a_split_choice_times_both_ways_then_keeps_the_faster() -> None:
             slow = len(ways) == 2  # an outlier on the first timed run
             choice.record(split, 9.0 if slow else split_time if split else whole_time)
         assert ways == [True] + [False, True] * TRIALS
+        assert len(ways) == SETTLING_RUNS  # what `edged kpu profile` runs before timing
         assert choice.split_next() is keeps
         for _ in range(2 * TRIALS + 1):  # settled: later times change nothing
             choice.record(keeps, 100.0)

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from edged.kpu.kmodel.model import KModel, LayerSummary, TensorSpec
 from edged.kpu.sim.executor import create_executor
+from edged.kpu.sim.lanes import SETTLING_RUNS
 from edged.kpu.sram import PROFILES, fits
 from edged.kpu.timing import estimate
 
@@ -80,7 +81,8 @@ def random_inputs(model: KModel, seed: int = 0) -> list[npt.NDArray[np.generic]]
 def profile(model: KModel, inputs: Sequence[npt.NDArray[np.generic]], repeat: int) -> str:
     """``edged kpu profile``: per layer, estimated chip time beside simulated time."""
     executor = create_executor(model)
-    executor.run(inputs)  # compile and warm up
+    for _ in range(SETTLING_RUNS):  # compile, and let each layer settle whether it splits
+        executor.run(inputs)
     per_layer: list[list[float]] = [[] for _ in model.summaries]
     totals = []
     for _ in range(repeat):

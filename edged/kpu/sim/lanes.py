@@ -28,6 +28,9 @@ more than the half (tens of microseconds). 5k, 10k and 20k measured alike."""
 TRIALS = 5
 """Timed runs each way before a :class:`SplitChoice` settles."""
 
+SETTLING_RUNS = 2 * TRIALS + 1
+"""Runs of a model after which every layer's :class:`SplitChoice` has settled."""
+
 SPLIT_MARGIN = 0.85
 """How much faster a split must have been to be kept: its helper's work also slows the
 layers around it (they share L3 and wake-ups), and a layer's few timed runs are noisy."""
@@ -98,7 +101,7 @@ class SplitChoice:
 
     @property
     def settled(self) -> bool:
-        return self._runs > 2 * TRIALS
+        return self._runs >= SETTLING_RUNS
 
     def split_next(self) -> bool:
         """Whether the next run splits."""
