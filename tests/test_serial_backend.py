@@ -320,6 +320,21 @@ async def test_garbage_on_the_line_is_skipped_and_counted_both_ways(
     assert stats.timeouts == timeouts
 
 
+async def test_replies_nobody_waits_for_are_reported_as_stray(board: StandinBoard) -> None:
+    iris = _model("iris_v3")
+    async with connected(board) as kpu:
+        handle = await kpu.load(iris, "iris")
+        before = kpu.link_stats()
+        boot = struct.pack("<I", kpu.hello.boot_id)
+        board.to_host(encode_frame(MsgType.OK, 0, boot))  # 0 is never a request's number
+        board.to_host(encode_frame(MsgType.ERROR, 60000, boot + struct.pack("<H", 2001)))
+        inputs = _random_input(iris)
+        assert np.array_equal((await kpu.run(handle, inputs))[0], _simulated(iris, inputs)[0])
+        stats = kpu.link_stats()
+    assert stats.stray_replies - before.stray_replies == 2
+    assert (stats.timeouts, stats.resends) == (before.timeouts, before.resends)
+
+
 async def test_a_board_reset_mid_run_is_noticed_and_the_model_reloaded(
         board: StandinBoard) -> None:
     mnist = _model("maixpy_mnist_v3")

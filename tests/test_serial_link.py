@@ -7,6 +7,7 @@ import ast
 import asyncio
 import importlib.util
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from edged.kpu.serial.link import (
     Refused,
     SerialLink,
     describe_link,
+    line_bytes_per_second,
 )
 from edged.kpu.serial.protocol import (
     MAGIC,
@@ -172,6 +174,31 @@ def test_a_truncated_body_says_which_message(body: protocol.HelloInfo) -> None:
     raw = body.encode()
     with pytest.raises(ProtocolError, match=r"body of|run past"):
         type(body).decode(raw[:len(raw) // 2])
+
+
+def test_a_short_fixed_part_says_which_message_and_how_much_is_missing() -> None:
+    reader = protocol._Reader(b"\x01\x02", "TEST")
+    with pytest.raises(ProtocolError, match="TEST: body of 2 bytes ends at byte 0, 4 more"):
+        reader.fields(struct.Struct("<I"))
+    assert reader.fields(struct.Struct("<BB")) == (1, 2)
+
+
+def _spelled(fmt: str) -> str:
+    """``<3H`` as ``<HHH``."""
+    return re.sub(r"(\d+)(\D)", lambda m: m[2] * int(m[1]), fmt)
+
+
+def test_the_board_script_writes_the_hosts_body_layouts() -> None:
+    """The board keeps its own copy of each layout (it cannot import edged): same formats."""
+    layouts = {name: layout.format for name, layout in vars(protocol).items()
+               if name.startswith("_") and isinstance(layout, struct.Struct)}
+    assert {"_HELLO", "_LOAD", "_SHAPE", "_RUN_REPLY", "_OUTPUT", "_MEMINFO"} <= layouts.keys()
+    board = {_spelled(node.value) for node in ast.walk(ast.parse(BOARD_SCRIPT.read_text()))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)
+             and node.value.startswith("<")}
+    assert {"<BH", "<ffB"} <= board  # the board reads STREAM's fixed part in two steps
+    board.add("<BHffB")
+    assert {name: fmt for name, fmt in layouts.items() if _spelled(fmt) not in board} == {}
 
 
 @pytest.mark.parametrize(("decode", "body"), [
@@ -358,6 +385,12 @@ async def test_a_boot_event_fails_the_requests_in_flight_and_event_gaps_are_coun
         assert link.counters.events_dropped == 2
         assert [(await link.next_event()).seq for _ in range(3)] == [3, 4, 5]
         await link.close()
+
+
+def test_8n1_carries_a_tenth_of_the_baud_rate() -> None:
+    assert line_bytes_per_second(1_500_000) == 150_000
+    assert line_bytes_per_second(115_200) == 11_520
+    assert LinkMeasure(115_200, 0.0, 1e9).effective_bytes_per_s == 11_520
 
 
 async def test_measure_and_what_it_means_at_1_5_mbaud() -> None:

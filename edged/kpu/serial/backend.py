@@ -44,6 +44,7 @@ from edged.kpu.serial.link import (
     Refused,
     SerialLink,
     describe_link,
+    line_bytes_per_second,
 )
 from edged.kpu.serial.protocol import (
     LONG_PRESS,
@@ -167,6 +168,8 @@ class SerialStats:
     bad_frames: int
     timeouts: int
     resends: int
+    stray_replies: int
+    """Board frames that answer nothing waited for (late replies after a timeout)."""
     events_lost: int
     events_dropped: int
     resets: int
@@ -465,7 +468,7 @@ class SerialKpu:
             skipped_bytes=decoder.skipped_bytes,
             bad_frames=decoder.bad_headers + decoder.bad_payloads,
             timeouts=counters.timeouts, resends=counters.resends,
-            events_lost=counters.events_lost,
+            stray_replies=counters.stray_replies, events_lost=counters.events_lost,
             events_dropped=self._events_dropped + counters.events_dropped,
             resets=self._resets, reconnects=self._reconnects, runs=self._runs,
             stream_frames=self._stream_frames, detections=self._detections)
@@ -660,7 +663,7 @@ class SerialKpu:
                         await flying.pop(0)
                     flying.append(asyncio.create_task(self._call(
                         MsgType.CHUNK, encode_chunk(offset, data[offset:offset + chunk]),
-                        within=self.timeout + chunk / (self.baud / 10))))
+                        within=self.timeout + chunk / line_bytes_per_second(self.baud))))
                     await asyncio.sleep(0)  # let it write before the next one is made
                 for task in flying:
                     await task
@@ -679,7 +682,7 @@ class SerialKpu:
         if staged:
             await self._upload(Target.INPUT, data, "")
         body = bytes([active.board, staged]) + (b"" if staged else data)
-        within = self.run_timeout + 2 * len(data) / (self.baud / 10)
+        within = self.run_timeout + 2 * len(data) / line_bytes_per_second(self.baud)
         try:
             return RunReply.decode(await self._call(MsgType.RUN, body, within=within))
         except Refused as exc:

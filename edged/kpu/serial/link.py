@@ -44,6 +44,11 @@ from edged.kpu.serial.protocol import (
 CLOSE_TIMEOUT = 2.0
 
 
+def line_bytes_per_second(baud: int) -> float:
+    """What a baud rate carries at most: 8N1 sends ten bits per byte (start, 8 data, stop)."""
+    return baud / 10
+
+
 class LinkError(KpuError):
     """The link failed, not the model: MaixPy has no code for that, so ERR_UNKNOWN (2015)."""
 
@@ -96,8 +101,8 @@ class LinkMeasure:
 
     @property
     def nominal_bytes_per_s(self) -> float:
-        """What the baud rate allows: 8N1 sends ten bits per byte."""
-        return self.baud / 10
+        """What the baud rate allows (:func:`line_bytes_per_second`)."""
+        return line_bytes_per_second(self.baud)
 
     @property
     def effective_bytes_per_s(self) -> float:
@@ -116,7 +121,8 @@ class LinkCounters:
     timeouts: int = 0
     resends: int = 0
     stray_replies: int = 0
-    """Replies to requests no longer waited for (late answers after a timeout)."""
+    """Replies to requests no longer waited for (late answers after a timeout, unknown
+    numbers), and board frames that are neither replies nor events."""
     events_lost: int = 0
     """Gaps in the board's event numbering: events the line corrupted."""
     events_dropped: int = 0

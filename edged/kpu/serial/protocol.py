@@ -25,6 +25,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -267,27 +268,47 @@ class ProtocolError(KpuError):
         return f"serial protocol: {self.detail}"
 
 
+# The fixed parts of the bodies, each written down once for encode and decode.
+_HELLO = struct.Struct("<BIIIIIIB")
+_LOAD = struct.Struct("<BIIIBBB3HB")  # ..., input shape, count of output shapes
+_SHAPE = struct.Struct("<3H")
+_LOAD_REPLY = struct.Struct("<BIII")
+_RUN_REPLY = struct.Struct("<IB")
+_OUTPUT = struct.Struct("<BI")  # typecode, length
+_STREAM = struct.Struct("<BHffB")
+_MEMINFO = struct.Struct("<IIIIB")
+_HANDLE = struct.Struct("<BI")  # handle, model size
+_UPLOAD = struct.Struct("<BII")
+_UPLOAD_REPLY = struct.Struct("<BI")
+_DETECTIONS = struct.Struct("<IIHHHB")
+_BOX = struct.Struct("<hhHHBf")
+_BUTTON = struct.Struct("<BI")
+_STREAM_SIZE = struct.Struct("<HH")
+_ERROR = struct.Struct("<H")
+_BOOT_ID = struct.Struct("<I")
+
+
 class _Reader:
     """Little-endian fields off a body; running short is a :class:`ProtocolError`."""
 
     def __init__(self, data: bytes, what: str) -> None:
         self.data, self.pos, self.what = data, 0, what
 
-    def take(self, fmt: str) -> tuple[int | float, ...]:
-        s = struct.Struct("<" + fmt)
-        if self.pos + s.size > len(self.data):
+    def fields(self, layout: struct.Struct) -> tuple[Any, ...]:
+        """The next ``layout.size`` bytes, unpacked."""
+        if self.pos + layout.size > len(self.data):
             raise ProtocolError(f"{self.what}: body of {len(self.data)} bytes ends at byte "
-                                f"{self.pos}, {s.size} more expected")
-        values = s.unpack_from(self.data, self.pos)
-        self.pos += s.size
+                                f"{self.pos}, {layout.size} more expected")
+        values = layout.unpack_from(self.data, self.pos)
+        self.pos += layout.size
         return values
 
     def u(self, fmt: str) -> int:
-        (value,) = self.take(fmt)
+        (value,) = self.fields(struct.Struct("<" + fmt))
         return int(value)
 
     def f32(self) -> float:
-        (value,) = self.take("f")
+        (value,) = self.fields(struct.Struct("<f"))
         return float(value)
 
     def raw(self, count: int) -> bytes:
@@ -343,16 +364,15 @@ class HelloInfo:
         return self.max_frame - OVERHEAD
 
     def encode(self) -> bytes:
-        return struct.pack("<BIIIIIIB", self.protocol, self.boot_id, self.uptime_ms,
-                           self.heap_free, self.gc_free, self.rx_buffer, self.max_frame,
+        return _HELLO.pack(self.protocol, self.boot_id, self.uptime_ms, self.heap_free,
+                           self.gc_free, self.rx_buffer, self.max_frame,
                            self.flags) + _text(self.firmware) + _text(self.script)
 
     @classmethod
     def decode(cls, body: bytes) -> HelloInfo:
         r = _Reader(body, "HELLO")
-        protocol, boot_id, uptime, heap, gc_free, rx_buffer, max_frame = (
-            r.u("B"), r.u("I"), r.u("I"), r.u("I"), r.u("I"), r.u("I"), r.u("I"))
-        return cls(protocol, boot_id, uptime, heap, gc_free, rx_buffer, max_frame, r.u("B"),
+        protocol, boot_id, uptime, heap, gc_free, rx_buffer, max_frame, flags = r.fields(_HELLO)
+        return cls(protocol, boot_id, uptime, heap, gc_free, rx_buffer, max_frame, flags,
                    r.text(), r.text())
 
 
@@ -377,26 +397,19 @@ class LoadRequest:
     path: str
 
     def encode(self) -> bytes:
-        head = struct.pack("<BIIIBBB3HB", self.source, self.address, self.size, self.crc32,
-                           self.verify, self.kmodel_version, self.input_kind,
-                           *self.input_shape, len(self.outputs))
-        shapes = b"".join(struct.pack("<3H", *s) for s in self.outputs)
+        head = _LOAD.pack(self.source, self.address, self.size, self.crc32, self.verify,
+                          self.kmodel_version, self.input_kind, *self.input_shape,
+                          len(self.outputs))
+        shapes = b"".join(_SHAPE.pack(*s) for s in self.outputs)
         return head + shapes + _text(self.path)
 
     @classmethod
     def decode(cls, body: bytes) -> LoadRequest:
         r = _Reader(body, "LOAD")
-        source, address, size, crc, verify, version, kind = (
-            r.u("B"), r.u("I"), r.u("I"), r.u("I"), r.u("B"), r.u("B"), r.u("B"))
-        shape = _shape3(r)
-        outputs = tuple(_shape3(r) for _ in range(r.u("B")))
+        source, address, size, crc, verify, version, kind, w, h, ch, count = r.fields(_LOAD)
+        outputs = tuple(r.fields(_SHAPE) for _ in range(count))
         return cls(Source(source), address, size, crc, bool(verify), version, InputKind(kind),
-                   shape, outputs, r.text())
-
-
-def _shape3(r: _Reader) -> Shape3:
-    w, h, ch = (r.u("H") for _ in range(3))
-    return w, h, ch
+                   (w, h, ch), outputs, r.text())
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,12 +422,11 @@ class LoadReply:
     heap_free: int
 
     def encode(self) -> bytes:
-        return struct.pack("<BIII", self.handle, self.model_size, self.crc32, self.heap_free)
+        return _LOAD_REPLY.pack(self.handle, self.model_size, self.crc32, self.heap_free)
 
     @classmethod
     def decode(cls, body: bytes) -> LoadReply:
-        r = _Reader(body, "LOAD reply")
-        return cls(r.u("B"), r.u("I"), r.u("I"), r.u("I"))
+        return cls(*_Reader(body, "LOAD reply").fields(_LOAD_REPLY))
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,19 +436,19 @@ class RunReply:
     """Per output: MaixPy's fmap typecode (``'f'`` float32, ``'B'`` uint8) and the bytes."""
 
     def encode(self) -> bytes:
-        parts = [struct.pack("<IB", self.run_ms, len(self.outputs))]
+        parts = [_RUN_REPLY.pack(self.run_ms, len(self.outputs))]
         for typecode, data in self.outputs:
-            parts.append(struct.pack("<BI", ord(typecode), len(data)) + data)
+            parts.append(_OUTPUT.pack(ord(typecode), len(data)) + data)
         return b"".join(parts)
 
     @classmethod
     def decode(cls, body: bytes) -> RunReply:
         r = _Reader(body, "RUN reply")
-        run_ms, count = r.u("I"), r.u("B")
+        run_ms, count = r.fields(_RUN_REPLY)
         outputs = []
         for _ in range(count):
-            typecode, nbytes = chr(r.u("B")), r.u("I")
-            outputs.append((typecode, r.raw(nbytes)))
+            typecode, nbytes = r.fields(_OUTPUT)
+            outputs.append((chr(typecode), r.raw(nbytes)))
         return cls(run_ms, tuple(outputs))
 
 
@@ -451,16 +463,15 @@ class StreamRequest:
     anchors: tuple[float, ...] = ()
 
     def encode(self) -> bytes:
-        return (struct.pack("<BHffB", self.handle, round(self.fps * 100), self.threshold,
-                            self.nms, len(self.anchors) // 2)
+        return (_STREAM.pack(self.handle, round(self.fps * 100), self.threshold, self.nms,
+                             len(self.anchors) // 2)
                 + struct.pack(f"<{len(self.anchors)}f", *self.anchors))
 
     @classmethod
     def decode(cls, body: bytes) -> StreamRequest:
         r = _Reader(body, "STREAM")
-        handle, fps = r.u("B"), r.u("H") / 100
-        threshold, nms, pairs = r.f32(), r.f32(), r.u("B")
-        return cls(handle, fps, threshold, nms, tuple(r.f32() for _ in range(2 * pairs)))
+        handle, fps, threshold, nms, pairs = r.fields(_STREAM)
+        return cls(handle, fps / 100, threshold, nms, tuple(r.f32() for _ in range(2 * pairs)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,15 +486,15 @@ class MemInfo:
     """``(handle, model_size)`` of every model loaded on the board."""
 
     def encode(self) -> bytes:
-        return (struct.pack("<IIIIB", self.heap_free, self.gc_free, self.rx_skipped,
-                            self.rx_bad, len(self.handles))
-                + b"".join(struct.pack("<BI", h, s) for h, s in self.handles))
+        return (_MEMINFO.pack(self.heap_free, self.gc_free, self.rx_skipped, self.rx_bad,
+                              len(self.handles))
+                + b"".join(_HANDLE.pack(h, s) for h, s in self.handles))
 
     @classmethod
     def decode(cls, body: bytes) -> MemInfo:
         r = _Reader(body, "MEMINFO")
-        heap_free, gc_free, rx_skipped, rx_bad = (r.u("I") for _ in range(4))
-        handles = tuple((r.u("B"), r.u("I")) for _ in range(r.u("B")))
+        heap_free, gc_free, rx_skipped, rx_bad, count = r.fields(_MEMINFO)
+        handles = tuple(r.fields(_HANDLE) for _ in range(count))
         return cls(heap_free, gc_free, rx_skipped, rx_bad, handles)
 
 
@@ -496,12 +507,13 @@ class UploadBegin:
     """The file's name on the board (``Target.MODEL``); MaixPy wants ``.kmodel`` in it."""
 
     def encode(self) -> bytes:
-        return struct.pack("<BII", self.target, self.size, self.crc32) + _text(self.name)
+        return _UPLOAD.pack(self.target, self.size, self.crc32) + _text(self.name)
 
     @classmethod
     def decode(cls, body: bytes) -> UploadBegin:
         r = _Reader(body, "UPLOAD")
-        return cls(Target(r.u("B")), r.u("I"), r.u("I"), r.text())
+        target, size, crc = r.fields(_UPLOAD)
+        return cls(Target(target), size, crc, r.text())
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,12 +526,13 @@ class UploadReply:
     path: str
 
     def encode(self) -> bytes:
-        return struct.pack("<BI", self.present, self.crc32) + _text(self.path)
+        return _UPLOAD_REPLY.pack(self.present, self.crc32) + _text(self.path)
 
     @classmethod
     def decode(cls, body: bytes) -> UploadReply:
         r = _Reader(body, "UPLOAD reply")
-        return cls(bool(r.u("B")), r.u("I"), r.text())
+        present, crc = r.fields(_UPLOAD_REPLY)
+        return cls(bool(present), crc, r.text())
 
 
 def encode_chunk(offset: int, data: bytes) -> bytes:
@@ -538,9 +551,6 @@ class BoardBox:
     score: float
 
 
-_BOX = struct.Struct("<hhHHBf")
-
-
 @dataclass(frozen=True, slots=True)
 class Detections:
     frame: int
@@ -552,21 +562,17 @@ class Detections:
     boxes: tuple[BoardBox, ...]
 
     def encode(self) -> bytes:
-        head = struct.pack("<IIHHHB", self.frame, self.ticks_ms, self.run_ms, self.width,
-                           self.height, len(self.boxes))
+        head = _DETECTIONS.pack(self.frame, self.ticks_ms, self.run_ms, self.width,
+                                self.height, len(self.boxes))
         return head + b"".join(_BOX.pack(b.x, b.y, b.w, b.h, b.class_id, b.score)
                                for b in self.boxes)
 
     @classmethod
     def decode(cls, body: bytes) -> Detections:
         r = _Reader(body, "DETECTIONS")
-        frame, ticks, run_ms = r.u("I"), r.u("I"), r.u("H")
-        width, height, count = r.u("H"), r.u("H"), r.u("B")
-        boxes = []
-        for _ in range(count):
-            x, y, w, h, class_id, score = r.take("hhHHBf")
-            boxes.append(BoardBox(int(x), int(y), int(w), int(h), int(class_id), float(score)))
-        return cls(frame, ticks, run_ms, width, height, tuple(boxes))
+        frame, ticks, run_ms, width, height, count = r.fields(_DETECTIONS)
+        boxes = tuple(BoardBox(*r.fields(_BOX)) for _ in range(count))
+        return cls(frame, ticks, run_ms, width, height, boxes)
 
 
 PRESS, LONG_PRESS = 0, 1
@@ -582,8 +588,7 @@ class ButtonEvent:
 
     @classmethod
     def decode(cls, body: bytes) -> ButtonEvent:
-        r = _Reader(body, "BUTTON")
-        return cls(r.u("B"), r.u("I"))
+        return cls(*_Reader(body, "BUTTON").fields(_BUTTON))
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,8 +606,8 @@ class LogEvent:
 
 def stream_size(body: bytes) -> tuple[int, int]:
     """STREAM's OK answer: the camera's width and height."""
-    r = _Reader(body, "STREAM reply")
-    return r.u("H"), r.u("H")
+    width, height = _Reader(body, "STREAM reply").fields(_STREAM_SIZE)
+    return width, height
 
 
 @dataclass(frozen=True, slots=True)
@@ -617,18 +622,20 @@ class ErrorReply:
         return MAIXPY_ERRORS.get(self.code) or PROTOCOL_ERRORS.get(self.code, "ERR_UNKNOWN")
 
     def encode(self) -> bytes:
-        return struct.pack("<H", self.code) + self.text.encode()
+        return _ERROR.pack(self.code) + self.text.encode()
 
     @classmethod
     def decode(cls, body: bytes) -> ErrorReply:
         r = _Reader(body, "ERROR")
-        return cls(r.u("H"), r.rest().decode("utf-8", "replace"))
+        (code,) = r.fields(_ERROR)
+        return cls(code, r.rest().decode("utf-8", "replace"))
 
 
 def split_reply(body: bytes) -> tuple[int, bytes]:
     """An OK or ERROR body: the board's boot id, then the answer itself."""
     r = _Reader(body, "reply")
-    return r.u("I"), r.rest()
+    (boot_id,) = r.fields(_BOOT_ID)
+    return boot_id, r.rest()
 
 
 # --- errors from the board ----------------------------------------------------------------------
