@@ -6,7 +6,7 @@ and p99 (as the daemon stamps it), frames dropped, and the daemon's CPU share of
 machine (its simulated KPU's process included); then the most cameras sustained at 30 fps.
 Prints figures only.
 
-    python bench/daemon.py [--cameras 1 2 3 4] [--seconds 30]
+    python bench/daemon.py [--cameras 1 2 3 4] [--seconds 30] [--workers 1]
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def measure(
-    broker: Broker, workdir: Path, cameras: int, seconds: float
+    broker: Broker, workdir: Path, cameras: int, seconds: float, workers: int
 ) -> dict[str, dict[str, float]]:
     faces = json.loads((FIXTURES / "faces.json").read_text())
     configs = [{"name": f"cam{i}", "kind": "panzoom", "fps": 30, "pipeline": "face", "seed": i,
                 "photo": str(FIXTURES / "images" / "grace_hopper.jpg"),
                 "box": faces["grace_hopper.jpg"]} for i in range(cameras)]
     config = write_config(workdir / f"bench{cameras}.toml", broker, configs, device="bench",
-                          stats_interval=seconds)
+                          stats_interval=seconds, kpu={"workers": workers})
     arrivals: dict[str, list[float]] = defaultdict(list)
     latencies: dict[str, list[float]] = defaultdict(list)
     frames: dict[str, list[int]] = defaultdict(list)
@@ -97,6 +97,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="kpu.workers: frames the simulated KPU computes at once")
     args = parser.parse_args()
     if not (FIXTURES / "kmodels" / "maixpy_facedetect_v3.kmodel").exists():
         print(f"the MaixPy face model is needed: {FIXTURES / 'kmodels'}", file=sys.stderr)
@@ -104,8 +106,9 @@ def main() -> int:
     sustained = 0
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp)) as broker:
         for count in args.cameras:
-            figures = asyncio.run(measure(broker, Path(tmp), count, args.seconds))
-            print(f"\n{count} camera(s) at 30 fps, {args.seconds:g} s, {broker.kind} broker:")
+            figures = asyncio.run(measure(broker, Path(tmp), count, args.seconds, args.workers))
+            print(f"\n{count} camera(s) at 30 fps, {args.seconds:g} s, {broker.kind} broker, "
+                  f"kpu.workers = {args.workers}:")
             print(f"  {'camera':<8} {'out fps':>8} {'p50 ms':>8} {'p99 ms':>8} {'dropped':>8}")
             for camera, f in figures.items():
                 print(f"  {camera:<8} {f['fps']:>8.1f} {f['p50']:>8.1f} {f['p99']:>8.1f} "

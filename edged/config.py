@@ -67,6 +67,12 @@ class KpuSettings(Strict):
         description="sim: threads each layer is split across; 1 leaves the other cores to "
         "cameras, decoding and MQTT (best with 4 cameras on 2 cores, measured); "
         "0: one per core")
+    workers: int = Field(
+        default=1, ge=1, le=16,
+        description="sim: frames computed at once, each by a worker of its own (a process "
+        "with kpu.process) holding every loaded model; each camera's frames are still "
+        "published in order. More than 1 pays on machines with cores to spare: on 2 cores "
+        "the daemon itself takes the second (8 cameras sustained with 1 or 2, measured)")
 
     serial: SerialSettings | None = Field(
         default=None, description='the board and its link, for backend = "serial"')

@@ -134,7 +134,8 @@ class Daemon:
             else:
                 self.backend = await stack.enter_async_context(
                     SimulatedKpu(settings.kpu.profile, settings.kpu.rounding,
-                                 process=settings.kpu.process, lanes=settings.kpu.lanes))
+                                 process=settings.kpu.process, lanes=settings.kpu.lanes,
+                                 workers=settings.kpu.workers))
             self.manager = ModelManager(
                 self.backend, registry, definitions, preload=settings.models.preload,
                 allow=settings.models.allow, min_swap_interval=settings.models.min_swap_interval)
@@ -332,7 +333,8 @@ class Daemon:
         kpu = self.backend.stats()
         since, busy_then = self._kpu_busy_mark
         self._kpu_busy_mark = (now, kpu.busy_seconds)
-        busy = min(1.0, max(0.0, (kpu.busy_seconds - busy_then) / max(now - since, 1e-9)))
+        capacity = max(now - since, 1e-9) * self.backend.concurrent_runs
+        busy = min(1.0, max(0.0, (kpu.busy_seconds - busy_then) / capacity))
         swaps = self.manager.stats
         last = None if swaps.last is None else round(swaps.last * 1e3, 2)
         swap_stats: SwapStats = {"ok": swaps.swaps, "failed": swaps.failed, "last_ms": last}

@@ -85,8 +85,11 @@ def test_the_demo_runs_the_shipped_model_with_an_embedded_broker() -> None:
 def test_the_simulator_computes_in_its_own_process_on_one_lane_unless_told(
         tmp_path: Path) -> None:
     defaults = load_settings(write(tmp_path / "empty.toml", "")).kpu
-    assert (defaults.process, defaults.lanes) == (True, 1)
-    told = load_settings(write(tmp_path / "told.toml", "[kpu]\nprocess = false\nlanes = 0\n"))
-    assert (told.kpu.process, told.kpu.lanes) == (False, 0)
+    assert (defaults.process, defaults.lanes, defaults.workers) == (True, 1, 1)
+    told = load_settings(write(tmp_path / "told.toml",
+                               "[kpu]\nprocess = false\nlanes = 0\nworkers = 3\n"))
+    assert (told.kpu.process, told.kpu.lanes, told.kpu.workers) == (False, 0, 3)
     with pytest.raises(ConfigError, match=r"kpu\.lanes"):
         load_settings(write(tmp_path / "bad.toml", "[kpu]\nlanes = -1\n"))
+    with pytest.raises(ConfigError, match=r"kpu\.workers"):
+        load_settings(write(tmp_path / "none.toml", "[kpu]\nworkers = 0\n"))

@@ -22,19 +22,24 @@ from tests.conftest import fixture_path
 class GatedKpu(SimulatedKpu):
     """A simulated KPU whose runs wait for a gate: a test can stall it at will."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, workers: int = 1) -> None:
+        super().__init__(workers=workers)
         self.gate = asyncio.Event()
         self.gate.set()
         self.given = 0
         """Runs asked for and not yet returned."""
+        self.delays: list[float] = []
+        """Seconds the next runs take longer, in the order they are asked for."""
 
     async def run(self, handle: ModelHandle,
                   inputs: Sequence[npt.NDArray[np.generic]]) -> list[npt.NDArray[np.generic]]:
         self.given += 1
+        delay = self.delays.pop(0) if self.delays else 0.0
         try:
             await self.gate.wait()
-            return await super().run(handle, inputs)
+            outputs = await super().run(handle, inputs)
+            await asyncio.sleep(delay)
+            return outputs
         finally:
             self.given -= 1
 
@@ -45,10 +50,10 @@ def frame(camera: str, seq: int) -> Frame:
     return Frame(camera, seq, time.time(), time.monotonic(), image)
 
 
-async def setup(cameras: Sequence[str]) -> tuple[GatedKpu, ModelManager, Scheduler,
-                                                  list[Result]]:
+async def setup(cameras: Sequence[str], workers: int = 1
+                ) -> tuple[GatedKpu, ModelManager, Scheduler, list[Result]]:
     registry = ModelRegistry.discover(model_search_path([fixture_path("kmodels")]))
-    backend = GatedKpu()
+    backend = GatedKpu(workers)
     manager = ModelManager(backend, registry, {"digits": PipelineDefinition(model="mnist")})
     await manager.start()
     results: list[Result] = []
@@ -136,6 +141,30 @@ async def test_the_kpu_is_given_the_next_frame_while_it_runs_one() -> None:
         await wait_until(lambda: len(results) == 4)
         assert sorted(r.frame.camera for r in results) == list("abcd")
         assert backend.given == 0
+    finally:
+        task.cancel()
+        await manager.close()
+        await backend.close()
+
+
+async def test_frames_computed_at_once_are_published_in_the_order_given() -> None:
+    """Two workers take KPU_DEPTH frames each; the first frame given finishes last, and
+    still every result comes out in the order its frame was given."""
+    backend, manager, scheduler, results = await setup(["a", "b"], workers=2)
+    task = asyncio.create_task(scheduler.run())
+    try:
+        backend.gate.clear()
+        backend.delays = [0.3]
+        for seq in range(2):
+            scheduler.boxes["a"].put(frame("a", seq))
+            scheduler.boxes["b"].put(frame("b", seq))
+            await wait_until(lambda n=seq: backend.given == 2 * (n + 1))
+        await asyncio.sleep(0.1)
+        assert backend.given == 2 * KPU_DEPTH
+        backend.gate.set()
+        await wait_until(lambda: len(results) == 4)
+        assert [(r.frame.camera, r.frame.seq) for r in results] == [
+            ("a", 0), ("b", 0), ("a", 1), ("b", 1)]
     finally:
         task.cancel()
         await manager.close()

@@ -206,15 +206,16 @@ async def test_sixth_load_is_refused(iris: KModel, probe: Probe) -> None:
         assert kpu.memory() == before
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_executor_failure_releases_the_reservation(
-    iris: KModel, monkeypatch: pytest.MonkeyPatch
+    iris: KModel, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     def broken(model: KModel, *, rounding: Rounding = "half-even",
             lanes: Lanes | None = None) -> Executor:
         raise KmodelError("layer 3 cannot be executed")
 
     monkeypatch.setattr(sim.device, "create_executor", broken)
-    async with SimulatedKpu() as kpu:
+    async with SimulatedKpu(workers=workers) as kpu:
         before = kpu.memory()
         with pytest.raises(KmodelError, match="layer 3"):
             await kpu.load(iris, "iris")
@@ -231,6 +232,48 @@ async def test_concurrent_runs_are_serialised(iris: KModel, probe: Probe) -> Non
         assert len(probe.threads) == 1
         assert kpu.stats().runs == 4
         assert kpu.stats().busy_seconds >= 4 * 0.02
+
+
+async def test_each_worker_runs_a_frame_at_once_and_a_deinit_waits_for_all(
+        iris: KModel, probe: Probe) -> None:
+    """Two workers: two frames compute at once (on two threads), never more; a deinit
+    given meanwhile frees the model only after every run given before it."""
+    probe.release.clear()
+    async with SimulatedKpu(workers=2) as kpu:
+        assert kpu.concurrent_runs == 2
+        handle = await kpu.load(iris, "iris")
+        runs = [asyncio.create_task(kpu.run(handle, inputs_for(iris))) for _ in range(4)]
+        deadline = time.monotonic() + 5
+        while probe.active < 2:
+            assert time.monotonic() < deadline, "the second worker never started a run"
+            await asyncio.sleep(0.01)
+        deinit = asyncio.create_task(kpu.deinit(handle))
+        await asyncio.sleep(0.05)
+        assert not deinit.done()
+        assert kpu.memory().used == handle.nbytes
+        probe.release.set()
+        for outputs in await asyncio.gather(*runs):
+            assert [o.shape for o in outputs] == [t.shape for t in iris.outputs]
+        await deinit
+        assert kpu.memory().used == 0
+        assert probe.most_active == 2
+        assert len(probe.threads) == 2
+        assert kpu.stats().runs == 4
+
+
+async def test_worker_processes_compute_what_one_computes(face: KModel) -> None:
+    """Frames given at once to two processes come back as one executor computes them."""
+    rng = np.random.default_rng(7)
+    frames = [[rng.integers(0, 256, t.shape, np.uint8) for t in face.inputs] for _ in range(4)]
+    reference = create_executor(face)
+    want = [reference.run(inputs) for inputs in frames]
+    async with SimulatedKpu(process=True, workers=2) as kpu:
+        handle = await kpu.load(face, "face")
+        got = await asyncio.gather(*(kpu.run(handle, inputs) for inputs in frames))
+        assert kpu.stats().runs == 4
+    for outputs, expected in zip(got, want, strict=True):
+        for a, b in zip(outputs, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 async def wait_for(event: threading.Event) -> None:
@@ -309,26 +352,31 @@ async def test_close_frees_everything_and_refuses_more(iris: KModel, probe: Prob
         await kpu.run(handle, inputs_for(iris))
 
 
+@pytest.mark.parametrize(("workers", "idle"), [(1, 0.0), (2, 0.5)],
+                         ids=["killed as a run is given", "one of two killed while idle"])
 async def test_a_compute_process_that_dies_is_started_again_with_its_models(
-        iris: KModel, face: KModel) -> None:
+        iris: KModel, face: KModel, workers: int, idle: float) -> None:
     """The run that finds the process gone fails with a RunError; the next runs work, on
     the same handles, with the same outputs and the same SRAM account."""
-    async with SimulatedKpu(process=True) as kpu:
+    async with SimulatedKpu(process=True, workers=workers) as kpu:
         handles = [await kpu.load(iris, "iris"), await kpu.load(face, "face")]
         inputs = [np.arange(4, dtype=np.float32)]
         before = await kpu.run(handles[0], inputs)
         memory = kpu.memory()
-        side = kpu._side
+        side = kpu._sides[0]  # the one the next run goes to
         assert isinstance(side, ProcessSide)
         os.kill(side.pid, signal.SIGKILL)
+        await asyncio.sleep(idle)  # long enough for the pool to notice before the run
         with pytest.raises(RunError, match=r"ended unexpectedly.*started again with 2 model"):
             await kpu.run(handles[0], inputs)
         assert kpu.memory() == memory
-        after = await kpu.run(handles[0], inputs)
-        np.testing.assert_array_equal(after[0], before[0])
+        for _ in range(2 * workers):  # on every worker
+            after = await asyncio.gather(*(kpu.run(handles[0], inputs) for _ in range(workers)))
+            np.testing.assert_array_equal(after[-1][0], before[0])
         assert len(await kpu.run(handles[1], inputs_for(face))) == len(face.outputs)
-        assert isinstance(kpu._side, ProcessSide)
-        assert kpu._side.pid != side.pid
+        again = kpu._sides[0]
+        assert isinstance(again, ProcessSide)
+        assert again.pid != side.pid
 
 
 def test_the_compute_process_ends_with_a_killed_parent() -> None:

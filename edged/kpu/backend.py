@@ -35,7 +35,8 @@ class ModelHandle:
 
 @dataclass(frozen=True)
 class KpuStats:
-    """Counters for stats: completed runs and the seconds the KPU spent on them."""
+    """Counters for stats: completed runs and the seconds the KPU spent on them (summed over
+    the frames it computes at once)."""
 
     runs: int
     busy_seconds: float
@@ -58,6 +59,11 @@ class KpuBackend(Protocol):
     ) -> Arrays:
         """Run one frame: inputs in the model's layout, outputs as the model declares
         them. ``HandleError`` for a handle not loaded, ``RunError`` for a wrong input."""
+        ...
+
+    @property
+    def concurrent_runs(self) -> int:
+        """Frames it computes at once (a board's one KPU: 1)."""
         ...
 
     def memory(self) -> MemoryReport: ...

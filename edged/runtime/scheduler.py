@@ -9,9 +9,11 @@ Three stages, each a task, joined by small hand-overs::
 
 The intake takes a frame only when the KPU stage has room for it, so the frame it takes is
 the freshest one and pre-processing of the next frame overlaps the run of this one. Up to
-KPU_DEPTH frames are given to the backend at once: the next one waits at the KPU while this
-one runs, so the KPU goes from frame to frame without waiting for the event loop (that
-hand-over cost about a fifth of the KPU's time with four cameras, measured). Every frame
+KPU_DEPTH frames per run the backend computes at once are given to it: the next one waits
+at the KPU while this one runs, so the KPU goes from frame to frame without waiting for the
+event loop (that hand-over cost about a fifth of the KPU's time with four cameras,
+measured). Results are finished in the order the frames were given, so a camera's frames
+are published in order even when the backend computes several at once. Every frame
 carries the model binding it was prepared for; a frame whose binding was replaced by a
 swap is dropped and counted, never run or published under the wrong model.
 """
@@ -38,7 +40,8 @@ from edged.vision.detection import Detection
 log = structlog.get_logger(component="scheduler")
 
 KPU_DEPTH = 2
-"""Frames given to the backend at once: one running, one waiting at the KPU."""
+"""Frames given to the backend at once for each it computes at once: one running, one
+waiting at the KPU."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,7 +97,7 @@ class Scheduler:
         self._cpu = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edged-cpu")
         self._room = asyncio.Semaphore(1)
         self._prepared: asyncio.Queue[_Job] = asyncio.Queue(maxsize=1)
-        self._kpu_slots = asyncio.Semaphore(KPU_DEPTH)
+        self._kpu_slots = asyncio.Semaphore(KPU_DEPTH * backend.concurrent_runs)
         self._running: asyncio.Queue[tuple[_Job, asyncio.Task[Arrays]]] = asyncio.Queue()
         self._last_progress = time.monotonic()
         self._in_flight = 0
@@ -172,7 +175,7 @@ class Scheduler:
                 self._done()
                 continue
             run = asyncio.create_task(self.backend.run(job.active.handle, job.prepared.inputs))
-            self._running.put_nowait((job, run))  # at most KPU_DEPTH: bounded by the slots
+            self._running.put_nowait((job, run))  # bounded by the slots
 
     async def _finish(self) -> None:
         loop = asyncio.get_running_loop()

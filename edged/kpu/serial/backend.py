@@ -389,6 +389,11 @@ class SerialKpu:
                                    ModelCost.of(a.model)) for a in self._active.values())
         return MemoryReport.of(self.profile.name, self._budget, models)
 
+    @property
+    def concurrent_runs(self) -> int:
+        """The board's one KPU."""
+        return 1
+
     def stats(self) -> KpuStats:
         """Runs and the seconds they held the KPU, transfers over the link included."""
         return KpuStats(self._runs, self._busy)

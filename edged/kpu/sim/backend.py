@@ -1,14 +1,17 @@
-"""The KPU backend contract on the simulator: one worker plays the one KPU.
+"""The KPU backend contract on the simulator: workers that play the KPU.
 
-Numeric work (building an executor, running a frame) runs on the one worker of a compute
-side (:mod:`edged.kpu.sim.device`: a thread, or a process of its own), never on the event
-loop, so the loop keeps serving cameras and MQTT while a frame runs. Loads, runs and
-deinits go to the worker in the order they are called and it does them in that order, so
-a deinit frees a model only after the runs given before it, and the next run can wait at
-the worker while this one computes (no hand-over through the event loop between frames).
-A call waits for its work to finish even when cancelled (a thread cannot be interrupted).
-A compute process that dies is started again with the loaded models, and the calls that
-saw it die fail with a ``RunError``.
+Numeric work (building an executor, running a frame) runs on compute sides
+(:mod:`edged.kpu.sim.device`: a thread, or a process of its own), never on the event loop,
+so the loop keeps serving cameras and MQTT while a frame runs. Each side has one worker
+that does what it is given in order, and every side holds every loaded model: a run goes
+to the side with the fewest runs waiting, so with ``workers`` sides that many frames
+compute at once (of different cameras; the scheduler publishes them in the order given).
+Loads and deinits go to every side, after the work given before them, so a deinit frees a
+model only after the runs given before it; and the next run can wait at a worker while
+this one computes (no hand-over through the event loop between frames). A call waits for
+its work to finish even when cancelled (a thread cannot be interrupted). A compute process
+that dies is started again with the loaded models, and the calls that saw it die fail with
+a ``RunError``.
 """
 
 from __future__ import annotations
@@ -43,22 +46,30 @@ class _Loaded:
 
 class SimulatedKpu:
     """A simulated K210 KPU with an exact SRAM account under a runtime profile; computing
-    on a thread, or with ``process`` in a process of its own, each layer split across
-    ``lanes`` threads (None or 0: one per core)."""
+    on ``workers`` threads, or with ``process`` processes of their own, each layer split
+    across ``lanes`` threads (None or 0: one per core)."""
 
     def __init__(
         self, profile: str | RuntimeProfile = "c-sdk", rounding: Rounding = "half-even", *,
-        process: bool = False, lanes: int | None = None,
+        process: bool = False, lanes: int | None = None, workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be 1 or more, got {workers}")
         self._account = SramAccount(profile)
         self._rounding: Rounding = rounding
         self._process = process
         self._lanes = lanes
-        self._side = self._new_side()
+        self._sides = [self._new_side() for _ in range(workers)]
+        self._waiting = [0] * workers  # runs given to each side and not yet returned
         self._loaded: dict[int, _Loaded] = {}
         self._runs = 0
         self._busy = 0.0
         self._closed = False
+
+    @property
+    def concurrent_runs(self) -> int:
+        """One frame per worker."""
+        return len(self._sides)
 
     async def __aenter__(self) -> Self:
         return self
@@ -74,13 +85,13 @@ class SimulatedKpu:
     async def load(self, model: KModel, name: str) -> ModelHandle:
         self._check_open()
         rid = self._account.reserve(model, name)
-        side = self._side
-        loading = side.load(rid, model)
+        loads = [(side, side.load(rid, model)) for side in self._sides]
         try:
-            await self._wait(side, loading)
+            for side, loading in loads:
+                await self._wait(side, loading)
         except BaseException as exc:
-            if loading.done() and not loading.cancelled() and loading.exception() is None:
-                side.drop(rid)  # loaded after all (cancelled meanwhile): unload
+            for side in self._sides:  # where it loaded (or loads yet, cancelled meanwhile)
+                side.drop(rid)
             self._account.release(rid)
             if isinstance(exc, BrokenProcessPool):
                 raise self._died(exc) from exc
@@ -91,23 +102,27 @@ class SimulatedKpu:
 
     async def deinit(self, handle: ModelHandle) -> None:
         self._get(handle)
-        del self._loaded[handle.id]  # no run is given to the worker after this
-        side = self._side
+        del self._loaded[handle.id]  # no run is given to a worker after this
+        drops = [(side, side.drop(handle.id)) for side in self._sides]
         try:
-            await self._wait(side, side.drop(handle.id))
-        except BrokenProcessPool:
-            pass  # the process took the model with it, and is started again without it
+            for side, dropping in drops:
+                with contextlib.suppress(BrokenProcessPool):  # it took the model with it
+                    await self._wait(side, dropping)
         finally:
             self._account.release(handle.id)
 
     async def run(self, handle: ModelHandle, inputs: Sequence[npt.NDArray[np.generic]]) -> Arrays:
         loaded = self._get(handle)
         checked = check_inputs(loaded.model.inputs, inputs)
-        side = self._side
+        at = self._waiting.index(min(self._waiting))
+        side = self._sides[at]
+        self._waiting[at] += 1
         try:
             outputs, seconds = await self._wait(side, side.run(handle.id, handle.name, checked))
         except BrokenProcessPool as exc:
             raise self._died(exc) from exc
+        finally:
+            self._waiting[at] -= 1
         self._runs += 1
         self._busy += seconds
         return outputs
@@ -125,7 +140,8 @@ class SimulatedKpu:
         for rid in list(self._loaded):
             del self._loaded[rid]
             self._account.release(rid)
-        await asyncio.to_thread(self._side.shutdown)  # after the work given to it
+        for side in self._sides:
+            await asyncio.to_thread(side.shutdown)  # after the work given to it
 
     def _new_side(self) -> ComputeSide:
         side = ProcessSide if self._process else ThreadSide
@@ -154,13 +170,13 @@ class SimulatedKpu:
                     await asyncio.wait({future})
             raise
         except BrokenProcessPool:
-            if side is self._side and not self._closed:  # the first call to see it
-                self._side = self._new_side()
+            if side in self._sides and not self._closed:  # the first call to see it
+                again = self._sides[self._sides.index(side)] = self._new_side()
                 for rid, loaded in self._loaded.items():  # before any later work
-                    self._side.load(rid, loaded.model)
+                    again.load(rid, loaded.model)
                 side.shutdown(wait=False)
             raise
 
     def _died(self, exc: BrokenProcessPool) -> RunError:
-        return RunError(f"the simulated KPU's process ended unexpectedly ({exc}); it was "
+        return RunError(f"a process of the simulated KPU ended unexpectedly ({exc}); it was "
                         f"started again with {len(self._loaded)} model(s)")

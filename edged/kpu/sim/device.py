@@ -18,9 +18,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Protocol
+from concurrent.futures.process import BrokenProcessPool
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +32,8 @@ from edged.kpu.kmodel import parse_kmodel
 from edged.kpu.kmodel.model import KModel
 from edged.kpu.sim.executor import Executor, Rounding, create_executor
 from edged.kpu.sim.lanes import Lanes, machine_lanes
+
+T = TypeVar("T")
 
 
 class LoadedExecutors:
@@ -61,7 +64,8 @@ class LoadedExecutors:
         return outputs, time.perf_counter() - start
 
     def drop(self, rid: int) -> None:
-        del self._executors[rid]
+        """Forget ``rid``'s executor; nothing to do where it never loaded."""
+        self._executors.pop(rid, None)
 
 
 class ComputeSide(Protocol):
@@ -159,14 +163,24 @@ class ProcessSide:
         return self._pid.result()
 
     def load(self, rid: int, model: KModel) -> Future[None]:
-        return self._worker.submit(_child_load, rid, model.data)
+        return self._submit(_child_load, rid, model.data)
 
     def run(self, rid: int, name: str,
             inputs: Sequence[npt.NDArray[np.generic]]) -> Future[tuple[Arrays, float]]:
-        return self._worker.submit(_child_run, rid, name, list(inputs))
+        return self._submit(_child_run, rid, name, list(inputs))
 
     def drop(self, rid: int) -> Future[None]:
-        return self._worker.submit(_child_drop, rid)
+        return self._submit(_child_drop, rid)
+
+    def _submit(self, work: Callable[..., T], *args: object) -> Future[T]:
+        """``work`` given to the process; one that died while idle gives a future that
+        fails with ``BrokenProcessPool``, as if it had died during the work."""
+        try:
+            return self._worker.submit(work, *args)
+        except BrokenProcessPool as exc:
+            failed: Future[T] = Future()
+            failed.set_exception(exc)
+            return failed
 
     def shutdown(self, wait: bool = True) -> None:
         self._worker.shutdown(wait=wait)
