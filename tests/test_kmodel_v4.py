@@ -444,13 +444,18 @@ def _reduced(index: tuple[int, ...], shape: tuple[int, ...]) -> int:
     ((1, 1, 3, 4), (1, 2, 1, 4), (1, 2, 3, 4)),
     ((1, 2, 3, 4), (1, 2, 3, 4), (1, 2, 3, 4)),
 ])
+@pytest.mark.parametrize("edges", [False, True], ids=["typical", "edges"])
 def test_quantized_binary(op: int, a_shape: tuple[int, ...], b_shape: tuple[int, ...],
-                          out_shape: tuple[int, ...]) -> None:
+                          out_shape: tuple[int, ...], edges: bool) -> None:
+    """Typical parameters, and edges: shifts 0 and 31, multipliers at the int32 limits,
+    products that wrap (b's scale is odd, so the divisor is never 0)."""
     rng = np.random.default_rng(op)
     a = u8(rng, *a_shape)
     b = rng.integers(1, 256, b_shape).astype(np.uint8)  # the divisor stays positive
     params = (-128, 23760, 8, 0, 1, 0, 120, 19213, 9) if op != 2 else \
         (-128, 1000, 6, -100, 900, 6, 128, 1 << 20, 28)
+    if edges:
+        params = (127, -(2**31) + 1, 31, 0, 2**31 - 1, 0, -77, -(2**30), 0)
     g = Graph()
     count = math.prod(out_shape)
     body = (g.input(a) + g.input(b) + g.output("uint8", count) + struct.pack("<i", op)
