@@ -145,7 +145,7 @@ def quantized_binary(
 
 @numba.njit(inline="always")
 def _wrap32(v: int) -> int:  # pragma: no cover - jitted
-    return ((v + 2**31) & 0xFFFFFFFF) - 2**31  # type: ignore[no-any-return]
+    return ((v + 2**31) & 0xFFFFFFFF) - 2**31
 
 
 @numba.njit(inline="always")
@@ -171,8 +171,8 @@ def _quantized_binary(
 ) -> bool:  # pragma: no cover - jitted
     """Fills ``out``; False where a division would trap."""
     for i in range(ua.size):
-        va = _mul_and_carry_shift(_wrap32(np.int64(ua[i]) + a_offset), a_mul, a_shift)
-        vb = _mul_and_carry_shift(_wrap32(np.int64(ub[i]) + b_offset), b_mul, b_shift)
+        va = _mul_and_carry_shift(_wrap32(int(ua[i]) + a_offset), a_mul, a_shift)
+        vb = _mul_and_carry_shift(_wrap32(int(ub[i]) + b_offset), b_mul, b_shift)
         if op == BINARY_ADD:
             r = _wrap32(va + vb)
         elif op == BINARY_SUB:
