@@ -101,7 +101,7 @@ def main() -> int:
     cores = len(os.sched_getaffinity(0))
     print(f"float32 GEMM (1024^3, BLAS, {cores} cores): {gemm:.1f} GMAC/s"
           f" = {2 * gemm:.1f} GFLOP/s\n")
-    print(f"{'':<43} {'one frame at a time':^28} {f'{cores} frame(s) at once, one per core':^28}")
+    print(f"{'':<43} {'one frame at a time':^28} {f'{cores} at once, one per core':^28}")
     print(f"{'model':<28} {'MACs/frame':>14}" + f" {'fps':>9} {'GMAC/s':>8} {'of GEMM':>8}" * 2)
     for path in paths:
         try:
