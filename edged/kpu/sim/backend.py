@@ -90,7 +90,7 @@ class SimulatedKpu:
             for side, loading in loads:
                 await self._wait(side, loading)
         except BaseException as exc:
-            for side in self._sides:  # where it loaded (or loads yet, cancelled meanwhile)
+            for side in self._sides:  # unload wherever it loaded, or will (when cancelled)
                 side.drop(rid)
             self._account.release(rid)
             if isinstance(exc, BrokenProcessPool):
