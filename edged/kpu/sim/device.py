@@ -5,9 +5,9 @@ computes, and one worker there runs everything in order, as the one KPU would. A
 shares the daemon's interpreter lock: a frame's ~200 hand-overs between Python and the
 numba and onnxruntime kernels each wait while a camera, the decoders or MQTT run Python,
 which slowed the face model from 7.7 to 9.4 ms a frame beside a thread holding the lock a
-fifth of the time, measured. A process of its own has its own lock; the frames cross as
-pickled arrays (about 0.2 MB each), and a crash of that process reaches the backend as
-``BrokenProcessPool``.
+fifth of the time, measured. A process of its own has its own lock; the frames cross in
+shared memory (:mod:`edged.kpu.sim.shared_inputs`), the outputs as pickled arrays, and a
+crash of that process reaches the backend as ``BrokenProcessPool``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from edged.kpu.kmodel import parse_kmodel
 from edged.kpu.kmodel.model import KModel
 from edged.kpu.sim.executor import Executor, Rounding, create_executor
 from edged.kpu.sim.lanes import Lanes, machine_lanes
+from edged.kpu.sim.shared_inputs import InputBlocks, Layout, read_inputs
 
 T = TypeVar("T")
 
@@ -138,9 +139,8 @@ def _child_load(rid: int, data: bytes) -> None:
     _in_child().load(rid, data)
 
 
-def _child_run(rid: int, name: str,
-               inputs: Sequence[npt.NDArray[np.generic]]) -> tuple[Arrays, float]:
-    return _in_child().run(rid, name, inputs)
+def _child_run(rid: int, name: str, block: str, layout: Layout) -> tuple[Arrays, float]:
+    return _in_child().run(rid, name, read_inputs(block, layout))
 
 
 def _child_drop(rid: int) -> None:
@@ -149,13 +149,14 @@ def _child_drop(rid: int) -> None:
 
 class ProcessSide:
     """A process of its own computes (started fresh, not forked from a daemon with
-    threads); models go to it as their files' bytes."""
+    threads); models go to it as their files' bytes, frames through shared memory."""
 
     def __init__(self, rounding: Rounding, lanes: int | None) -> None:
         self._worker = ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_child, initargs=(rounding, lanes, os.getpid()))
         self._pid = self._worker.submit(os.getpid)  # starts it now, not at the first load
+        self._blocks = InputBlocks()
 
     @property
     def pid(self) -> int:
@@ -167,7 +168,10 @@ class ProcessSide:
 
     def run(self, rid: int, name: str,
             inputs: Sequence[npt.NDArray[np.generic]]) -> Future[tuple[Arrays, float]]:
-        return self._submit(_child_run, rid, name, list(inputs))
+        block, layout = self._blocks.put(inputs)
+        running = self._submit(_child_run, rid, name, block.name, layout)
+        running.add_done_callback(lambda _: self._blocks.release(block))
+        return running
 
     def drop(self, rid: int) -> Future[None]:
         return self._submit(_child_drop, rid)
@@ -184,3 +188,4 @@ class ProcessSide:
 
     def shutdown(self, wait: bool = True) -> None:
         self._worker.shutdown(wait=wait)
+        self._blocks.close()
