@@ -71,8 +71,9 @@ class KpuSettings(Strict):
         default=1, ge=1, le=16,
         description="sim: frames computed at once, each by a worker of its own (a process "
         "with kpu.process) holding every loaded model; each camera's frames are still "
-        "published in order. More than 1 pays on machines with cores to spare: on 2 cores "
-        "the daemon itself takes the second (8 cameras sustained with 1 or 2, measured)")
+        "published in order. More than 1 is for machines with cores to spare: on 2 cores "
+        "the daemon itself needs the second (10 cameras sustained with 1, fewer with 2, "
+        "measured)")
 
     serial: SerialSettings | None = Field(
         default=None, description='the board and its link, for backend = "serial"')
