@@ -3,7 +3,7 @@
 Three stages, each a task, joined by small hand-overs::
 
     intake  (takes the freshest frame of the next camera, pre-processes it on a worker)
-      -> kpu    (gives it to the backend, which runs one frame at a time)
+      -> kpu    (gives it to the backend, which computes concurrent_runs frames at once)
       -> finish (waits for its run, decodes and filters on a worker, hands the result to
                  the publisher)
 

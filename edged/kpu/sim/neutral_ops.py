@@ -43,24 +43,41 @@ class KernelFault(ArithmeticError):
 # --- shared helpers ---------------------------------------------------------------------------
 
 
-def wrap32(values: Int64Array) -> Int64Array:
-    """int64 values reduced to int32 the way two's-complement arithmetic wraps them."""
-    return ((values + 2**31) & 0xFFFFFFFF) - 2**31
+@numba.njit(inline="always")
+def _wrap32(v: int) -> int:  # pragma: no cover - jitted
+    """An int64 reduced to int32 the way two's-complement arithmetic wraps it."""
+    return ((v + 2**31) & 0xFFFFFFFF) - 2**31
 
 
-def mul_and_carry_shift(values: Int64Array, mul: int, shift: int) -> Int64Array:
+@numba.njit(inline="always")
+def _mul_and_carry_shift(v: int, mul: int, shift: int) -> int:  # pragma: no cover - jitted
     """``runtime::mul_and_carry_shift`` (``carry_shift<int64_t, false>``): the product,
     plus half, arithmetically shifted right, truncated to int32 (halves round up)."""
-    product = values * I64(mul)
+    product = v * mul
     if shift > 0:
-        product = (product + (I64(1) << I64(shift - 1))) >> I64(shift)
-    return wrap32(product)
+        product = (product + (1 << (shift - 1))) >> shift
+    return _wrap32(product)
+
+
+@numba.njit(inline="always")
+def _requantized(acc: int, mul: int, shift: int, offset: int) -> int:  # pragma: no cover
+    """The quantized kernels' epilogue of one int32 accumulator: scale, add the output
+    offset, clamp to uint8."""
+    return min(max(_wrap32(_mul_and_carry_shift(_wrap32(acc), mul, shift) + offset), 0), 255)
 
 
 def requantize(acc: Int64Array, mul: int, shift: int, offset: int) -> UInt8Array:
-    """The quantized kernels' epilogue: scale, add the output offset, clamp to uint8."""
-    scaled = wrap32(mul_and_carry_shift(wrap32(acc), mul, shift) + offset)
-    return np.clip(scaled, 0, 255).astype(np.uint8)
+    """:func:`_requantized` over every accumulator, keeping their shape."""
+    out = np.empty(acc.shape, np.uint8)
+    _requantize(acc.reshape(-1), mul, shift, offset, out.reshape(-1))
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _requantize(acc: Int64Array, mul: int, shift: int, offset: int,
+                out: UInt8Array) -> None:  # pragma: no cover - jitted
+    for i in range(acc.size):
+        out[i] = _requantized(acc[i], mul, shift, offset)
 
 
 def clamp(values: Float32Array, activation: tuple[float, float]) -> Float32Array:
@@ -144,19 +161,6 @@ def quantized_binary(
 
 
 @numba.njit(inline="always")
-def _wrap32(v: int) -> int:  # pragma: no cover - jitted
-    return ((v + 2**31) & 0xFFFFFFFF) - 2**31
-
-
-@numba.njit(inline="always")
-def _mul_and_carry_shift(v: int, mul: int, shift: int) -> int:  # pragma: no cover - jitted
-    product = v * mul
-    if shift > 0:
-        product = (product + (1 << (shift - 1))) >> shift
-    return _wrap32(product)
-
-
-@numba.njit(inline="always")
 def _c_div(a: int, b: int) -> int:  # pragma: no cover - jitted
     """C's integer division, truncating towards zero."""
     q = abs(a) // abs(b)
@@ -190,8 +194,7 @@ def _quantized_binary(
             r = min(va, vb)
         else:
             r = max(va, vb)
-        scaled = _wrap32(_mul_and_carry_shift(r, out_mul, out_shift) + out_offset)
-        out[i] = min(max(scaled, 0), 255)
+        out[i] = _requantized(r, out_mul, out_shift, out_offset)
     return True
 
 
